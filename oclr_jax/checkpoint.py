@@ -1,0 +1,195 @@
+"""Model checkpoints: params + the config that built them, in one folder.
+
+Layout of a checkpoint folder (what `save_checkpoint` writes, and what the trainer exports):
+
+    CKPT_DIR/
+      config.json    the full ml_collections config (model, data, ...) as JSON
+      params/        an orbax StandardCheckpointer tree of float32 params
+
+The folder is written under a temporary name and renamed when complete, so a crash never
+leaves a half checkpoint under the final name.  `load_checkpoint` also accepts an official
+PyTorch `.pth` (through `oclr_jax.port`) and a training workdir (its exported `model/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from oclr_jax.model import OCLR, model_from_config
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+TORCH_EXTENSIONS = (".pth", ".pt", ".pth.tar", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not fit the model its config describes."""
+
+
+def in_channels_of(config: ml_collections.ConfigDict) -> int:
+    """Input channels of the model: two (u, v) per flow gap."""
+    return 2 * len(config.data.gaps)
+
+
+def model_for(config: ml_collections.ConfigDict) -> OCLR:
+    return model_from_config(config.model, in_channels=in_channels_of(config))
+
+
+def abstract_params(config: ml_collections.ConfigDict) -> Any:
+    """The params tree's shapes/dtypes for `config`, without allocating or compiling."""
+    model = model_for(config)
+    flow = jax.ShapeDtypeStruct((1, 1, 16, 16, in_channels_of(config)), jnp.float32)
+    variables = jax.eval_shape(lambda key, x: model.init({"params": key}, x),
+                               jax.random.PRNGKey(0), flow)
+    return variables["params"]
+
+
+def _config_to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    raw = json.loads(text)
+    if "data" in raw and "gaps" in raw["data"]:
+        raw["data"]["gaps"] = tuple(raw["data"]["gaps"])
+    if "data" in raw and "resolution" in raw["data"]:
+        raw["data"]["resolution"] = tuple(raw["data"]["resolution"])
+    return ml_collections.ConfigDict(raw)
+
+
+def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDict,
+                    overwrite: bool = False) -> str:
+    """Writes params and config to `directory` atomically.  Returns the absolute path."""
+    import orbax.checkpoint as ocp  # Local: orbax pulls in a lot; only savers need it.
+
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
+    check_params_match(params, config, source=directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
+    try:
+        with open(os.path.join(staging, CONFIG_FILE), "w") as f:
+            f.write(_config_to_json(config))
+        host_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(staging, PARAMS_DIR), host_params)
+        checkpointer.wait_until_finished()
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; checkpoints are shared on clusters.
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def check_params_match(params: Any, config: ml_collections.ConfigDict, source: str = "") -> None:
+    """Raises CheckpointError listing missing/unexpected keys and shape mismatches."""
+    expected = _flat_shapes(abstract_params(config))
+    found = _flat_shapes(params)
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [f"{k}: expected {expected[k]}, found {found[k]}"
+                  for k in sorted(set(expected) & set(found)) if expected[k] != found[k]]
+    if missing or unexpected or mismatched:
+        lines = [f"{source or 'params'} do not fit the model described by its config:"]
+        lines += [f"  missing: {k}" for k in missing]
+        lines += [f"  unexpected: {k}" for k in unexpected]
+        lines += [f"  shape mismatch {m}" for m in mismatched]
+        raise CheckpointError("\n".join(lines))
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in flat}
+
+
+def is_torch_checkpoint(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(TORCH_EXTENSIONS)
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+    """`path` itself if it holds config.json, else its exported `model/` (a training workdir)."""
+    for candidate in (path, os.path.join(path, "model")):
+        if os.path.isfile(os.path.join(candidate, CONFIG_FILE)):
+            return candidate
+    raise CheckpointError(
+        f"{path}: not an oclr-jax checkpoint (no {CONFIG_FILE}, nor model/{CONFIG_FILE}); "
+        f"expected a folder written by save_checkpoint, a training workdir, or a PyTorch .pth")
+
+
+def load_checkpoint(path: str, model_source: str = "auto"):
+    """Loads a model.  Returns `(model, params, config)`.
+
+    Args:
+      path: an oclr-jax checkpoint folder, a training workdir, or an official PyTorch `.pth`.
+      model_source: 'auto' (by the path), 'flax' or 'torch'.
+    """
+    if model_source not in ("auto", "flax", "torch"):
+        raise ValueError(f"model_source must be auto, flax or torch; got {model_source!r}")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    if model_source == "torch" or (model_source == "auto" and is_torch_checkpoint(path)):
+        return _load_torch(path)
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(resolve_checkpoint_dir(path))
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+        config = config_from_json(f.read())
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{directory}: has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
+    target = abstract_params(config)
+    try:
+        params = ocp.StandardCheckpointer().restore(params_dir, target)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{params_dir}: params do not fit the model its config describes: "
+                              f"{e}") from e
+    return model_for(config), params, config
+
+
+def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
+    """The paper config with the model sizes the port inferred from a state_dict.
+
+    Input channels fix only the number of gaps: 2 channels -> (+1,), 4 -> (+1, -1) as the
+    official code; 2n -> +1, -1, +2, -2, ... (say which gaps a custom model used with
+    `--config.data.gaps` where a command accepts it).
+    """
+    from oclr_jax.config_lib import load_config
+
+    config = load_config("oclr_paper.py")
+    for key in ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim"):
+        if inferred.get(key) is not None:
+            config.model[key] = int(inferred[key])
+    in_channels = int(inferred.get("in_channels", 4))
+    if in_channels % 2:
+        raise CheckpointError(f"a flow model needs an even number of input channels; the "
+                              f"checkpoint has {in_channels}")
+    gaps = []
+    for magnitude in range(1, in_channels // 2 + 1):
+        gaps += [magnitude, -magnitude]
+    config.data.gaps = tuple(gaps[: in_channels // 2])
+    return config
+
+
+def _load_torch(path: str):
+    from oclr_jax.port.convert import torch_state_dict_to_flax
+    from oclr_jax.port.torch_io import load_torch_checkpoint_file
+
+    state_dict, _ = load_torch_checkpoint_file(path)
+    params, inferred = torch_state_dict_to_flax(state_dict)
+    config = config_from_inferred(inferred)
+    return model_for(config), jax.tree_util.tree_map(jnp.asarray, params), config

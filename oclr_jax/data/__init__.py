@@ -1,0 +1,1 @@
+"""Data: flow files, the synthetic generator, benchmark readers and the input pipeline."""

@@ -1,0 +1,1 @@
+"""Network pieces of OCLR by kind: initialisers, U-Net blocks, transformer layers."""

@@ -1,0 +1,140 @@
+"""The per-frame U-Net of OCLR: encoder (4 down stages + bottleneck) and decoder.
+
+Everything is NHWC and operates on `(N, H, W, C)` with N = B*T frames.  Layers follow the
+official `models/unet.py`: bias-free 3x3 convolutions with padding 1, non-affine instance norm
+(eps 1e-5, biased variance), LeakyReLU(0.01); 2x2 transposed convolutions with bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from oclr_jax.modules.initializers import uniform_fan_in
+
+Dtype = Any
+_INSTANCE_NORM_EPS = 1e-5
+_LEAKY_SLOPE = 0.01
+
+
+def instance_norm(x: jnp.ndarray, eps: float = _INSTANCE_NORM_EPS) -> jnp.ndarray:
+    """torch InstanceNorm2d without affine: per frame and channel over H, W.  (N, H, W, C)."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class ConvBlock(nn.Module):
+    """[3x3 conv (no bias) -> instance norm -> LeakyReLU] x 2.
+
+    Attributes:
+      features: output channels of both convolutions.
+      dtype: compute dtype (params stay float32).
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(N, H, W, C_in) -> (N, H, W, features)."""
+        for index in (1, 2):
+            fan_in = x.shape[-1] * 9
+            x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                        dtype=self.dtype, kernel_init=uniform_fan_in(fan_in),
+                        name=f"conv{index}")(x)
+            x = nn.leaky_relu(instance_norm(x), negative_slope=_LEAKY_SLOPE)
+        return x
+
+
+class UpConv2x2(nn.Module):
+    """torch ConvTranspose2d(kernel 2, stride 2) written as a matmul plus depth-to-space.
+
+    `out[n, 2y+dy, 2x+dx, o] = sum_i x[n, y, x, i] * kernel[dy, dx, i, o] + bias[o]`, exactly the
+    torch operation (whose weight `(I, O, 2, 2)` is `kernel.transpose(2, 3, 0, 1)`).  The matmul
+    form avoids the slow backward of a general transposed convolution (DESIGN.md §8).
+
+    Attributes:
+      features: output channels O.
+      dtype: compute dtype.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(N, h, w, I) -> (N, 2h, 2w, O)."""
+        in_features = x.shape[-1]
+        fan_in = self.features * 4  # torch computes fan_in of (I, O, 2, 2) from dims 1..3.
+        kernel = self.param("kernel", uniform_fan_in(fan_in), (2, 2, in_features, self.features))
+        bias = self.param("bias", uniform_fan_in(fan_in), (self.features,))
+        x = x.astype(self.dtype)
+        n, h, w, _ = x.shape
+        patches = jnp.einsum("nhwi,abio->nhawbo", x, kernel.astype(self.dtype))  # (N, h, 2, w, 2, O)
+        return patches.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
+def _block(remat: bool):
+    return nn.remat(ConvBlock) if remat else ConvBlock
+
+
+class UNetEncoder(nn.Module):
+    """Widths f, 2f, 4f, 8f with 2x2 max-pool after each, then a 16f bottleneck.
+
+    Attributes:
+      features: f, the width of the first stage.
+      dtype: compute dtype.
+      remat: rematerialise each ConvBlock in the backward pass (saves activation memory).
+    """
+
+    features: int = 32
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray):
+        """(N, H, W, C) -> skips ((N,H,W,f), (N,H/2,W/2,2f), (N,H/4,W/4,4f), (N,H/8,W/8,8f)) and
+        the bottleneck (N, H/16, W/16, 16f)."""
+        block = _block(self.remat)
+        skips = []
+        for stage, width in enumerate((1, 2, 4, 8), start=1):
+            x = block(self.features * width, self.dtype, name=f"encoder{stage}")(x)
+            skips.append(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        bottleneck = block(self.features * 16, self.dtype, name="bottleneck")(x)
+        return tuple(skips), bottleneck
+
+
+class UNetDecoder(nn.Module):
+    """Four [2x2 up-convolution, concat(up, skip), ConvBlock] stages and a 1x1 conv to K logits.
+
+    Attributes:
+      out_channels: K, one amodal logit channel per layer.
+      features: f of the matching encoder.
+      dtype: compute dtype.
+      remat: rematerialise each ConvBlock.
+    """
+
+    out_channels: int
+    features: int = 32
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, skips, x: jnp.ndarray) -> jnp.ndarray:
+        """skips as returned by UNetEncoder, x (N, H/16, W/16, C) -> (N, H, W, out_channels)."""
+        block = _block(self.remat)
+        for stage in (4, 3, 2, 1):
+            width = self.features * 2 ** (stage - 1)
+            x = UpConv2x2(width, self.dtype, name=f"upconv{stage}")(x)
+            x = jnp.concatenate([x, skips[stage - 1].astype(x.dtype)], axis=-1)
+            x = block(width, self.dtype, name=f"decoder{stage}")(x)
+        fan_in = self.features
+        return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype,
+                       kernel_init=uniform_fan_in(fan_in), bias_init=uniform_fan_in(fan_in),
+                       name="conv")(x)
