@@ -32,10 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.val_dir = ""                # official-layout folder of Syn-Val.
     config.data.tfds_name = ""              # e.g. "oclr_synthetic/syn_train"; used when set.
     config.data.tfds_data_dir = ""
-    config.data.shuffle_buffer = 256
-    config.data.augment_reverse = False     # temporal reversal (flow gaps swapped).
-    config.data.augment_flip = False        # horizontal flip (u negated).
-    config.data.augment_temporal_crop = False
+    config.data.val_tfds_name = ""          # e.g. "oclr_synthetic/syn_val"; used when set.
+    config.data.shuffle_buffer = 256        # 0: no shuffling; > 0: a full seeded permutation
+                                            # per epoch (random access, no buffer needed).
+    config.data.augment_reverse = False     # temporal reversal (flow gaps swapped), p=1/2.
+    config.data.augment_flip = False        # horizontal flip (u negated), p=1/2.
+    config.data.augment_temporal_crop = False  # random start of the num_frames window.
 
     # Losses (DESIGN.md §3, official weights).
     config.loss = ml_collections.ConfigDict()
@@ -104,5 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.tta.neighborhood = 12            # source patches within +-12 rows/cols of a target.
     config.tta.propagation_temperature = 0.1
     config.tta.keyframe_rule = "lowest"     # lowest (paper) | longest_run (official code).
+    config.tta.min_channel_peak = 0.0       # output: stretch a layer to [0,1] if its peak > this
+                                            # (official 0; 0.05 stops vanished-layer leaks).
     config.tta.seed = 0                     # order of the fine-tuning frame pairs.
     return config

@@ -52,15 +52,24 @@ def _torch_shape_in_our_layout(name, shape):
     return shape
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 32, 48, 4), (1, 1, 16, 16, 4), (1, 2, 64, 32, 2)])
-def test_output_shapes_and_dtypes(small_model_and_params, shape):
+@pytest.mark.parametrize("shape", [(2, 3, 32, 48, 4), (1, 1, 16, 16, 4), (3, 30, 128, 224, 4),
+                                   (1, 2, 64, 32, 2)])
+def test_output_shapes_and_dtypes(shape):
     model = OCLR(**SMALL)
-    params = init_params(model, jax.random.PRNGKey(1), (1, 1, 16, 16, shape[-1]))
-    out = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, jnp.ones(shape))
+    variables = jax.eval_shape(lambda k, x: model.init({"params": k}, x), jax.random.PRNGKey(0),
+                               jax.ShapeDtypeStruct((1, 1, 16, 16, shape[-1]), jnp.float32))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                         jax.ShapeDtypeStruct(shape, jnp.float32))
     b, t, h, w, _ = shape
     assert out["amodal_logits"].shape == (b, t, h, w, 3)
     assert out["order_logits"].shape == (b, 3)
     assert out["amodal_logits"].dtype == jnp.float32 and out["order_logits"].dtype == jnp.float32
+
+
+def test_outputs_finite_on_non_square_single_frame(small_model_and_params):
+    model, params = small_model_and_params
+    out = model.apply({"params": params}, jnp.ones((2, 1, 32, 16, 4)))
+    assert out["amodal_logits"].shape == (2, 1, 32, 16, 3)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
 
 
@@ -148,7 +157,7 @@ def test_norm_matches_numpy_unbiased_std():
 
 def test_determinism_and_dropout_only_in_train(small_model_and_params):
     model, params = small_model_and_params
-    flow = jax.random.normal(jax.random.PRNGKey(3), (1, 3, 16, 32, 4))
+    flow = jax.random.normal(jax.random.PRNGKey(3), (1, 2, 16, 16, 4))
     apply = jax.jit(lambda p, x, key, train: model.apply({"params": p}, x, train=train,
                                                          rngs={"dropout": key}),
                     static_argnums=3)
@@ -165,14 +174,16 @@ def test_determinism_and_dropout_only_in_train(small_model_and_params):
 
 def test_init_is_deterministic():
     model = OCLR(**SMALL)
-    a = init_params(model, jax.random.PRNGKey(7), (1, 1, 16, 16, 4))
-    b = init_params(model, jax.random.PRNGKey(7), (1, 1, 16, 16, 4))
+    init = jax.jit(lambda key: model.init({"params": key}, jnp.zeros((1, 1, 16, 16, 4))))
+    a, b, c = init(jax.random.PRNGKey(7)), init(jax.random.PRNGKey(7)), init(jax.random.PRNGKey(8))
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a["params"]["encoder"]["encoder1"]["conv1"]["kernel"],
+                              c["params"]["encoder"]["encoder1"]["conv1"]["kernel"])
 
 
 def test_mask_switch_changes_outputs(small_model_and_params):
     _, params = small_model_and_params
-    flow = jax.random.normal(jax.random.PRNGKey(4), (1, 3, 16, 16, 4))
+    flow = jax.random.normal(jax.random.PRNGKey(4), (1, 2, 16, 16, 4))
     masked = OCLR(**SMALL).apply({"params": params}, flow)
     unmasked = OCLR(**SMALL, same_frame_mask=False).apply({"params": params}, flow)
     assert float(jnp.max(jnp.abs(masked["amodal_logits"] - unmasked["amodal_logits"]))) > 1e-5
@@ -180,14 +191,15 @@ def test_mask_switch_changes_outputs(small_model_and_params):
 
 def test_remat_and_bfloat16_keep_results(small_model_and_params):
     _, params = small_model_and_params
-    flow = jax.random.normal(jax.random.PRNGKey(5), (1, 2, 32, 32, 4))
+    flow = jax.random.normal(jax.random.PRNGKey(5), (1, 2, 16, 16, 4))
 
     def loss(p, model):
         out = model.apply({"params": p}, flow)
         return jnp.mean(out["amodal_logits"] ** 2) + jnp.mean(out["order_logits"] ** 2)
 
-    plain_loss, plain_grads = jax.value_and_grad(loss)(params, OCLR(**SMALL))
-    remat_loss, remat_grads = jax.value_and_grad(loss)(params, OCLR(**SMALL, remat=True))
+    grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    plain_loss, plain_grads = grad_fn(params, OCLR(**SMALL))
+    remat_loss, remat_grads = grad_fn(params, OCLR(**SMALL, remat=True))
     np.testing.assert_allclose(plain_loss, remat_loss, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                            plain_grads, remat_grads)

@@ -1,0 +1,157 @@
+"""Mask PNGs: indexed (palette) label maps in the DAVIS layout, and binary masks.
+
+A DAVIS-style mask is an 8-bit palette ("P") PNG whose pixel values are object ids (0
+background, 1..N objects, 255 void in DAVIS 2017 ground truth); the palette only colours
+them.  The DAVIS 2016/2017 evaluators read the ids, Motion Grouping's MoCA evaluator reads the
+colours (it averages the BGR channels), so binary outputs use the official OCLR colour
+white for id 1 (`data/colour_palette.json`: DAVIS16, SegTrackv2, FBMS, MoCA) and multi-object
+outputs the standard DAVIS/PASCAL palette (id 1 [128, 0, 0], 2 [0, 128, 0], 3 [128, 128, 0]).
+
+Every writer is atomic (temporary file in the same folder, then rename).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+
+class MaskFileError(ValueError):
+    """A mask file is missing, undecodable, or not the kind of image expected."""
+
+
+def davis_palette(num_colours: int = 256) -> np.ndarray:
+    """The DAVIS / PASCAL VOC colour map: id -> RGB by bit interleaving.  (N, 3) uint8."""
+    palette = np.zeros((num_colours, 3), np.uint8)
+    for index in range(num_colours):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def binary_palette() -> np.ndarray:
+    """Id 0 black, id 1 white (the official OCLR colour of single-foreground datasets)."""
+    palette = davis_palette()
+    palette[1] = (255, 255, 255)
+    return palette
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def encode_indexed_png(labels: np.ndarray, palette: Optional[np.ndarray] = None) -> bytes:
+    """PNG bytes of a (H, W) label map (ids 0..255) with a palette (default DAVIS)."""
+    from PIL import Image
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a label map must be (H, W); got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"label ids must lie in 0..255; got {labels.min()}..{labels.max()}")
+    palette = davis_palette() if palette is None else np.asarray(palette, np.uint8)
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(palette.reshape(-1).tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_indexed_png(path: str, labels: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
+    """Writes a (H, W) label map as an indexed PNG, atomically."""
+    _atomic_write(path, encode_indexed_png(labels, palette))
+
+
+def write_binary_png(path: str, mask: np.ndarray) -> None:
+    """Writes a (H, W) bool mask as an 8-bit grayscale PNG (0 / 255), atomically."""
+    from PIL import Image
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be (H, W); got shape {mask.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L").save(
+        buffer, format="PNG")
+    _atomic_write(path, buffer.getvalue())
+
+
+def _open(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise MaskFileError(f"{path}: mask file does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise MaskFileError(f"{path}: cannot decode mask image ({e})") from e
+    return image
+
+
+def read_label_png(path: str) -> np.ndarray:
+    """Object ids of a label PNG.  Returns (H, W) uint8.
+
+    Palette PNGs give their indices (the DAVIS convention); 8-bit grayscale PNGs give their
+    values; colour PNGs are mapped back to ids through the DAVIS palette, and a colour outside
+    it is an error naming the file.
+    """
+    image = _open(path)
+    if image.mode == "P":
+        return np.asarray(image, np.uint8)
+    if image.mode in ("L", "1"):
+        return np.asarray(image.convert("L"), np.uint8)
+    if image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"), np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        palette = davis_palette().astype(np.int64)
+        lookup = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(palette)}
+        lookup[(255 << 16) | (255 << 8) | 255] = 1  # white: the official binary colour.
+        colours, inverse = np.unique(code, return_inverse=True)
+        unknown = [c for c in colours.tolist() if c not in lookup]
+        if unknown:
+            c = unknown[0]
+            raise MaskFileError(
+                f"{path}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not a DAVIS palette "
+                "colour; save label maps as indexed (palette) PNGs")
+        ids = np.array([lookup[c] for c in colours.tolist()], np.uint8)
+        return ids[inverse.reshape(code.shape)]
+    raise MaskFileError(f"{path}: expected an 8-bit palette, grayscale or RGB PNG, "
+                        f"found mode {image.mode!r}")
+
+
+def read_binary_png(path: str) -> np.ndarray:
+    """Foreground of a binary mask PNG: palette id != 0, or gray/colour mean > 127.5.
+
+    (H, W) bool.  Matches the official OCLR reading of white-on-black annotations and accepts
+    the DAVIS 2016 0/255 grayscale files and palette files alike.
+    """
+    image = _open(path)
+    if image.mode == "P":
+        return np.asarray(image, np.uint8) != 0
+    if image.mode in ("L", "1", "RGB", "RGBA"):
+        values = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA")
+                            else image.convert("L"), np.float64)
+        if values.ndim == 3:
+            values = values.mean(axis=-1)
+        return values > 127.5
+    raise MaskFileError(f"{path}: unsupported mask image mode {image.mode!r}")

@@ -1,0 +1,100 @@
+"""Benchmark of the Flax OCLR forward and forward+backward; prints ONE JSON line.
+
+For each size (B, T, H, W) and compute dtype: median wall time of the jitted inference forward
+and of a jitted value_and_grad of a mean-squared loss, plus XLA's memory estimate of each
+compiled program (arguments + outputs + temporaries; on GPU also the allocator's peak).
+
+    python tools/bench_model.py                              # (2,8,64,112) and paper size
+    python tools/bench_model.py --sizes 2x8x64x112 --dtypes float32 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from oclr_jax.model import OCLR, init_params  # noqa: E402
+
+DEFAULT_SIZES = ("2x8x64x112", "2x30x128x224")
+
+
+def parse_size(text: str) -> tuple[int, int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be BxTxHxW")
+    return parts
+
+
+def compiled_bytes(compiled) -> int | None:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes)
+
+
+def time_call(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # warm-up (compiled already; first run allocates)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_one(size, dtype_name: str, repeats: int, remat: bool) -> dict:
+    b, t, h, w = size
+    model = OCLR(dtype=jnp.dtype(dtype_name), remat=remat)
+    flow = jax.random.normal(jax.random.PRNGKey(0), (b, t, h, w, 4), jnp.float32) * 3
+    params = init_params(model, jax.random.PRNGKey(1), (1, 1, 16, 16, 4))
+
+    def forward(p, x):
+        return model.apply({"params": p}, x)
+
+    def loss(p, x, key):
+        out = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+        return jnp.mean(out["amodal_logits"] ** 2) + jnp.mean(out["order_logits"] ** 2)
+
+    key = jax.random.PRNGKey(2)
+    result = {"size": list(size), "dtype": dtype_name, "remat": remat}
+    for name, fn, args in (("forward", forward, (params, flow)),
+                           ("forward_backward", jax.value_and_grad(loss), (params, flow, key))):
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        result[f"{name}_compile_s"] = round(time.perf_counter() - start, 3)
+        result[f"{name}_s"] = round(time_call(compiled, args, repeats), 4)
+        result[f"{name}_xla_bytes"] = compiled_bytes(compiled)
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        result["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=parse_size,
+                        default=[parse_size(s) for s in DEFAULT_SIZES], help="BxTxHxW each")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--remat", action="store_true", help="rematerialise blocks")
+    args = parser.parse_args(argv)
+    runs = [bench_one(size, dtype, args.repeats, args.remat)
+            for size in args.sizes for dtype in args.dtypes]
+    print(json.dumps({"bench": "model", "backend": jax.default_backend(),
+                      "device": str(jax.devices()[0].device_kind), "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
