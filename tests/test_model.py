@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from oclr_jax.model import OCLR, check_input_shape, init_params, linspace_grid, same_frame_allowed
+from oclr_jax.model import (OCLR, check_input_shape, init_key, init_params, linspace_grid,
+                            same_frame_allowed)
 from oclr_jax.modules.transformer import MultiHeadAttention, Norm
 
 HERE = os.path.dirname(__file__)
@@ -174,11 +175,14 @@ def test_determinism_and_dropout_only_in_train(small_model_and_params):
 
 def test_init_is_deterministic():
     model = OCLR(**SMALL)
-    init = jax.jit(lambda key: model.init({"params": key}, jnp.zeros((1, 1, 16, 16, 4))))
+    init = jax.jit(lambda key: model.init({"params": init_key(key)}, jnp.zeros((1, 1, 16, 16, 4))))
     a, b, c = init(jax.random.PRNGKey(7)), init(jax.random.PRNGKey(7)), init(jax.random.PRNGKey(8))
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
-    assert not np.array_equal(a["params"]["encoder"]["encoder1"]["conv1"]["kernel"],
-                              c["params"]["encoder"]["encoder1"]["conv1"]["kernel"])
+    kernel = np.asarray(a["params"]["encoder"]["encoder1"]["conv1"]["kernel"])
+    assert not np.array_equal(kernel, c["params"]["encoder"]["encoder1"]["conv1"]["kernel"])
+    # torch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = 4 * 3 * 3.
+    bound = 1 / np.sqrt(36)
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.8 * bound
 
 
 def test_mask_switch_changes_outputs(small_model_and_params):
