@@ -1,0 +1,194 @@
+"""Generating a whole split: workers, shards, resume, progress and clear failures.
+
+Sequence `i` of a split is a pure function of `(split, seed, i)` and the render options, so
+`--shard k/n` (the indices `i % n == k`) on n machines writes exactly the files of a
+single-machine run.  A run first records its settings in `<out>/synth_manifest.json`; a later
+run into the same folder with different settings is refused instead of silently mixing two
+datasets.  Completed sequences (metadata JSON present) are skipped unless `resume=False`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import traceback
+
+from tqdm import tqdm
+
+from oclr_jax.data.synth.plan import SPLITS, spec_for_index
+from oclr_jax.data.synth.render import GENERATOR_VERSION, render_sequence
+from oclr_jax.data.synth.scene import RenderOptions
+from oclr_jax.data.synth.writer import TEMP_FOLDER, is_complete, write_sequence
+
+MANIFEST = "synth_manifest.json"
+
+
+class SequenceGenerationError(RuntimeError):
+    """Rendering or writing one sequence failed; the message names its index and seed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    split: str
+    seed: int
+    out_dir: str
+    options: RenderOptions
+    flow_images: bool
+
+
+@dataclasses.dataclass
+class GenerateSummary:
+    split: str
+    out_dir: str
+    shard: tuple[int, int]
+    planned: int  # sequences of this shard
+    skipped: int  # already complete
+    written: int
+    seconds: float
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'k/n' -> (k, n) with 0 <= k < n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like k/n (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= k < n")
+    return index, count
+
+
+def manifest(split: str, seed: int, options: RenderOptions, flow_images: bool) -> dict:
+    """Everything besides the index that decides a sequence's files."""
+    return {"generator_version": GENERATOR_VERSION, "split": split, "seed": seed,
+            "options": options.to_dict(), "flow_images": flow_images}
+
+
+def check_manifest(out_dir: str, expected: dict) -> None:
+    """Writes the manifest, or raises if the folder holds a dataset made differently."""
+    path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f)
+        if found != expected:
+            keys = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+            raise ValueError(f"{path} was written with different settings ({', '.join(keys)}): "
+                             f"found {json.dumps({k: found.get(k) for k in keys})}, now "
+                             f"{json.dumps({k: expected.get(k) for k in keys})}; use another --out")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w") as f:
+        json.dump(expected, f, indent=1, sort_keys=True)
+    os.replace(temp, path)
+
+
+def _run(job: _Job, index: int) -> str:
+    spec = spec_for_index(job.split, job.seed, index)
+    try:
+        return write_sequence(job.out_dir, render_sequence(spec, job.options), job.flow_images)
+    except Exception as e:  # noqa: BLE001 - re-raised with the sequence's identity
+        raise SequenceGenerationError(
+            f"sequence index {index} ({spec.name}) of split {job.split} with seed {job.seed} "
+            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+
+_worker_job: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    import cv2  # one OpenCV thread per worker: the workers are the parallelism
+
+    cv2.setNumThreads(1)
+    global _worker_job
+    _worker_job = job
+
+
+def _run_in_worker(index: int) -> str:
+    return _run(_worker_job, index)
+
+
+def _remove_stale_temp(out_dir: str, names: set[str]) -> None:
+    """Deletes temporary folders of sequences about to be (re)written (left by a crash)."""
+    temp_dir = os.path.join(out_dir, TEMP_FOLDER)
+    if not os.path.isdir(temp_dir):
+        return
+    for entry in os.listdir(temp_dir):
+        if entry.split(".")[0] in names:
+            shutil.rmtree(os.path.join(temp_dir, entry), ignore_errors=True)
+
+
+def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed: int = 0,
+             options: RenderOptions | None = None, workers: int = 1,
+             shard: tuple[int, int] = (0, 1), resume: bool = True, flow_images: bool = False,
+             progress: bool = True) -> GenerateSummary:
+    """Renders and writes the sequences of one shard of a split (see the module docstring).
+
+    Args:
+      num_sequences: size of the split (default: its Table B5 size).
+      workers: processes; 1 renders in this process.
+      shard: `(k, n)`: this call does the indices `i` with `i % n == k`.
+    Raises:
+      SequenceGenerationError: naming the index and seed of the first sequence that failed.
+    """
+    options = options or RenderOptions()
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    total = SPLITS[split].num_sequences if num_sequences is None else num_sequences
+    shard_index, shard_count = shard
+    check_manifest(out_dir, manifest(split, seed, options, flow_images))
+    indices = list(range(shard_index, total, shard_count))
+    names = {i: spec_for_index(split, seed, i).name for i in indices}
+    todo = [i for i in indices if not (resume and is_complete(out_dir, names[i]))]
+    _remove_stale_temp(out_dir, {names[i] for i in todo})
+    job = _Job(split, seed, out_dir, options, flow_images)
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="seq", disable=not progress, dynamic_ncols=True,
+               desc=f"{split} shard {shard_index}/{shard_count}")
+    bar.set_postfix(skipped=len(indices) - len(todo))
+    try:
+        if workers <= 1:
+            for index in todo:
+                _run(job, index)
+                bar.update()
+        elif todo:
+            _generate_in_pool(job, todo, workers, bar)
+    finally:
+        bar.close()
+    temp_dir = os.path.join(out_dir, TEMP_FOLDER)
+    if os.path.isdir(temp_dir) and not os.listdir(temp_dir):
+        os.rmdir(temp_dir)
+    return GenerateSummary(split, out_dir, shard, len(indices), len(indices) - len(todo), len(todo),
+                           time.perf_counter() - start)
+
+
+def _generate_in_pool(job: _Job, todo: list[int], workers: int, bar: tqdm) -> None:
+    # Fresh interpreters ('spawn'): forking a process that already runs JAX or TensorFlow
+    # threads is unsafe.  One BLAS thread per worker, set before the workers import numpy.
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (job,))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        for _ in pool.imap_unordered(_run_in_worker, todo):
+            bar.update()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
