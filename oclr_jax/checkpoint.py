@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from oclr_jax.atomic import staged_directory
 from oclr_jax.model import OCLR, model_from_config
 
 CONFIG_FILE = "config.json"
@@ -75,23 +74,13 @@ def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDi
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
     check_params_match(params, config, source=directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
-    try:
+    with staged_directory(directory) as staging:
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             f.write(_config_to_json(config))
         host_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.join(staging, PARAMS_DIR), host_params)
         checkpointer.wait_until_finished()
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; checkpoints are shared on clusters.
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

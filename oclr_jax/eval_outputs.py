@@ -27,22 +27,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from oclr_jax import scoring
+from oclr_jax.atomic import atomic_write_text
 from oclr_jax.data import masks_io
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _json_safe(value):

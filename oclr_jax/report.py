@@ -11,10 +11,10 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
+
+from oclr_jax.atomic import staged_directory
 
 LAYER_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
                           [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
@@ -171,10 +171,7 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dic
     from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
 
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with staged_directory(out_dir) as staging:
         num_frames = len(clip.rgb)
         max_magnitude = float(np.percentile(np.linalg.norm(clip.flow[..., :2], axis=-1), 99)) or 1.0
         gt = (clip.gt_amodal, clip.gt_modal) if clip.gt_modal is not None else None
@@ -202,11 +199,4 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dic
             json.dump(summary, f, indent=2)
         with open(os.path.join(staging, "index.html"), "w") as f:
             f.write(index_html(summary))
-        os.chmod(staging, 0o755)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary

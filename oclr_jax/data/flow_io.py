@@ -9,10 +9,11 @@ half-written flow behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable
 
 import numpy as np
+
+from oclr_jax.atomic import atomic_write_bytes
 
 FLO_MAGIC = 202021.25
 _FLO_MAGIC_BYTES = np.array([FLO_MAGIC], dtype="<f4").tobytes()
@@ -104,20 +105,6 @@ def read_flow(path: str, allow_nonfinite: bool = False) -> np.ndarray:
     return _READERS[ext](path, allow_nonfinite=allow_nonfinite)
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def encode_flo(flow: np.ndarray) -> bytes:
     """The bytes of a `.flo` file for a `(H, W, 2)` flow."""
     flow = np.asarray(flow)
@@ -130,7 +117,7 @@ def encode_flo(flow: np.ndarray) -> bytes:
 
 def write_flo(path: str, flow: np.ndarray) -> None:
     """Writes a Middlebury `.flo` file atomically."""
-    _atomic_write_bytes(path, encode_flo(flow))
+    atomic_write_bytes(path, encode_flo(flow))
 
 
 def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
@@ -143,7 +130,7 @@ def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the flow PNG")
-    _atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:

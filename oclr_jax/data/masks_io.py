@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
+
+from oclr_jax.atomic import atomic_write_bytes
 
 
 class MaskFileError(ValueError):
@@ -46,20 +47,6 @@ def binary_palette() -> np.ndarray:
     return palette
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def encode_indexed_png(labels: np.ndarray, palette: Optional[np.ndarray] = None) -> bytes:
     """PNG bytes of a (H, W) label map (ids 0..255) with a palette (default DAVIS)."""
     from PIL import Image
@@ -79,7 +66,7 @@ def encode_indexed_png(labels: np.ndarray, palette: Optional[np.ndarray] = None)
 
 def write_indexed_png(path: str, labels: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
     """Writes a (H, W) label map as an indexed PNG, atomically."""
-    _atomic_write(path, encode_indexed_png(labels, palette))
+    atomic_write_bytes(path, encode_indexed_png(labels, palette))
 
 
 def write_binary_png(path: str, mask: np.ndarray) -> None:
@@ -92,7 +79,7 @@ def write_binary_png(path: str, mask: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L").save(
         buffer, format="PNG")
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _open(path: str):
