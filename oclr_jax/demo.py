@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint shipped in oclr_jax/assets)")
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic clip: generator seed")
-    parser.add_argument("--index", type=int, default=1, help="synthetic clip: Syn-Val index")
+    parser.add_argument("--index", type=int, default=3, help="synthetic clip: Syn-Val index (default 3)")
     parser.add_argument("--frames", type=int, default=None,
                         help="synthetic clip length (default: 3 windows of the model's T)")
     parser.add_argument("--max-frames", type=int, default=150, help="video: frames to read")

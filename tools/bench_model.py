@@ -2,7 +2,9 @@
 
 For each size (B, T, H, W) and compute dtype: median wall time of the jitted inference forward
 and of a jitted value_and_grad of a mean-squared loss, plus XLA's memory estimate of each
-compiled program (arguments + outputs + temporaries; on GPU also the allocator's peak).
+compiled program (arguments + outputs + temporaries; on GPU also the allocator's peak).  On a
+CPU backend the PyTorch reference model is timed in the same run as the baseline
+(`*_speedup_vs_torch` = torch time / JAX time).
 
     python tools/bench_model.py                              # (2,8,64,112) and paper size
     python tools/bench_model.py --sizes 2x8x64x112 --dtypes float32 --repeats 3
@@ -80,6 +82,43 @@ def bench_one(size, dtype_name: str, repeats: int, remat: bool) -> dict:
     return result
 
 
+def bench_torch(size, repeats: int) -> dict | None:
+    """The PyTorch reference model (our re-implementation of the official one) at the same size,
+    forward (eval, no_grad) and forward+backward (train mode), float32 on the CPU."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from oclr_jax.port.torch_reference import TorchOCLR
+
+    b, t, h, w = size
+    torch.manual_seed(0)
+    model = TorchOCLR(4, 3)
+    flow = torch.randn(b, t, 4, h, w) * 3
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(flow)
+
+    def forward_backward():
+        model.train()
+        model.zero_grad()
+        amodal, order = model(flow)
+        ((amodal ** 2).mean() + (order ** 2).mean()).backward()
+
+    result = {}
+    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        result[f"torch_{name}_s"] = round(statistics.median(times), 4)
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,9 +128,22 @@ def main(argv=None) -> None:
                         choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--remat", action="store_true", help="rematerialise blocks")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip the PyTorch reference baseline (run on CPU backends only)")
     args = parser.parse_args(argv)
-    runs = [bench_one(size, dtype, args.repeats, args.remat)
-            for size in args.sizes for dtype in args.dtypes]
+    runs = []
+    for size in args.sizes:
+        baseline = None
+        if not args.no_torch and jax.default_backend() == "cpu":
+            baseline = bench_torch(size, args.repeats)
+        for dtype in args.dtypes:
+            run = bench_one(size, dtype, args.repeats, args.remat)
+            if baseline:
+                run.update(baseline)
+                for name in ("forward", "forward_backward"):
+                    run[f"{name}_speedup_vs_torch"] = round(
+                        baseline[f"torch_{name}_s"] / run[f"{name}_s"], 3)
+            runs.append(run)
     print(json.dumps({"bench": "model", "backend": jax.default_backend(),
                       "device": str(jax.devices()[0].device_kind), "runs": runs}))
 
