@@ -57,10 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.decay_steps = 80_000       # lr halves every decay_steps after warm-up...
     config.train.max_decays = 9             # ...at most this many times.
     config.train.clip_value = 5.0           # gradient clipping by value.
-    config.train.grad_accum_steps = 1
+    config.train.grad_accum_steps = 1       # sequential microbatches per step (same batch).
+    config.train.skip_nonfinite_updates = True  # keep params when loss/grads are NaN/inf.
     config.train.log_every = 100
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3
+    config.train.async_checkpointing = True
     config.train.eval_every = 20_000
     config.train.eval_num_sequences = 384
 

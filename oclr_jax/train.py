@@ -1,0 +1,370 @@
+"""Trains OCLR: `python -m oclr_jax.train --config configs/oclr_paper.py --workdir DIR`.
+
+One process per host; every process runs this same program (see `launch/`).  The trainer:
+
+- builds the 'data' mesh over all devices and the jitted train/eval steps (`train_step.py`);
+- resumes from the newest checkpoint in `DIR/checkpoints` (params, optimizer state, step, rng;
+  the data stream restarts at that step) or starts fresh;
+- saves every `train.checkpoint_every` steps (orbax, async, keeps `train.keep_checkpoints`),
+  and on SIGTERM (preemption) saves and exits cleanly;
+- evaluates Syn-Val every `train.eval_every` steps, logs losses, lr, norms and steps/s every
+  `train.log_every` steps to TensorBoard (`DIR/tensorboard`) and a tqdm bar with ETA;
+- writes `DIR/train_config.json` (the config used) and, at the end, `DIR/model/`, the params +
+  config checkpoint that `oclr_jax.eval`, the port and the demo load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Iterable, Iterator, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oclr_jax import optim, sharding, train_data
+from oclr_jax.model import model_from_config
+from oclr_jax.train_step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
+                                 init_train_state, make_eval_step, make_train_step, select_keys)
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+# Not config.json: `checkpoint.load_checkpoint` takes a folder holding config.json for a model.
+CONFIG_FILE = "train_config.json"
+TENSORBOARD_DIR = "tensorboard"
+
+BatchesFn = Callable[..., Iterator[dict]]
+
+
+class _Preemption:
+    """Agrees on the step at which to save before a preemption (SIGTERM) kills the job.
+
+    One process: a SIGTERM handler sets a flag.  Several: JAX's preemption sync service
+    (started by `jax.distributed.initialize`, which watches SIGTERM itself) names one step at
+    which every process saves, so nobody waits in a collective for a peer that has left.
+    """
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self, step: int) -> bool:
+        """Call once per step on every process."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.event.is_set()
+
+
+def release_freed_host_memory() -> None:
+    """Hands memory that compilation freed back to the OS (glibc keeps it otherwise: several
+    hundred MB on CPU).  A no-op where glibc is absent."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def params_fingerprint(params) -> str:
+    """sha256 of this process's own replica of the params (equal on all processes)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(leaf.addressable_data(0)).tobytes())
+    return digest.hexdigest()
+
+
+def write_config_record(config, workdir: str) -> None:
+    """`DIR/train_config.json` (atomic).  Refuses to resume a workdir made for another model."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    record = config.to_dict()
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if json.loads(json.dumps(previous.get("model"))) != json.loads(json.dumps(record["model"])):
+            raise ValueError(f"{path}: this workdir trained a different model "
+                             f"({previous.get('model')}); use a new --workdir")
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True, default=list)
+        os.replace(tmp, path)
+
+
+def checkpoint_manager(workdir: str, config):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.train.keep_checkpoints), create=True,
+        enable_async_checkpointing=bool(config.train.get("async_checkpointing", True)))
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                                 options=options)
+
+
+def save_state(manager, state: TrainState) -> None:
+    import orbax.checkpoint as ocp
+
+    step = int(jax.device_get(state.step))
+    meta = {"step": step, "data_position": step}
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_latest(manager, abstract_state: TrainState) -> Optional[TrainState]:
+    """The newest checkpoint restored into the abstract state's shardings, or None."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step()
+    if step is None:
+        return None
+    target = flax.serialization.to_state_dict(abstract_state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
+    if int(restored["meta"]["data_position"]) != int(jax.device_get(state.step)):
+        raise ValueError(f"checkpoint {step} in {manager.directory}: data position "
+                         f"{restored['meta']['data_position']} != step {state.step}")
+    return state
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+    stacked = jax.device_get(history)
+    return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
+    """Syn-Val: weighted means of the per-sample loss and modal / amodal J."""
+    totals = None
+    for batch in batches:
+        sums = eval_step(params, sharding.global_batch(select_keys(batch, EVAL_KEYS), mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        return {}
+    totals = jax.device_get(totals)
+    count = max(float(totals.pop("count")), 1.0)
+    return {name: float(value) / count for name, value in totals.items()}
+
+
+def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesFn] = None,
+                       val_batches: Optional[BatchesFn] = None, devices=None,
+                       stop_at_step: Optional[int] = None,
+                       compiler_options: Optional[dict] = None) -> TrainState:
+    """Trains to `config.train.num_steps` (resuming from `workdir`); returns the final state.
+
+    Args:
+      config: the full ConfigDict.
+      workdir: checkpoints, summaries, config record and the exported model go here.
+      train_batches: `(config, *, process_index, process_count, start_step) -> iterator` of
+        per-process numpy batches; default `train_data.make_train_batches`.
+      val_batches: `(config, *, process_index, process_count) -> iterable` of per-process
+        batches with a `weight` row mask; default `train_data.make_val_batches`.
+      devices: devices of the mesh (default all).
+      stop_at_step: save and return at this step as if preempted (tests, time-boxed jobs).
+      compiler_options: XLA options for the jitted init/train/eval functions.
+    """
+    train_batches = train_batches or train_data.make_train_batches
+    val_batches = val_batches or train_data.make_val_batches
+    os.makedirs(workdir, exist_ok=True)
+    write_config_record(config, workdir)
+    mesh = sharding.make_data_mesh(devices)
+    sharding.check_batch_size(int(config.train.batch_size), mesh,
+                              int(config.train.grad_accum_steps))
+    in_channels = 2 * len(config.data.gaps)
+    model = model_from_config(config.model, in_channels=in_channels)
+    tx = optim.make_optimizer(config.train)
+    manager = checkpoint_manager(workdir, config)
+    state = restore_latest(manager, abstract_train_state(model, tx, in_channels, mesh))
+    if state is None:
+        state = init_train_state(model, tx, jax.random.PRNGKey(int(config.seed)), in_channels,
+                                 mesh, compiler_options)
+    start_step = int(jax.device_get(state.step))
+    num_steps = int(config.train.num_steps)
+    last_step = num_steps if stop_at_step is None else min(num_steps, int(stop_at_step))
+    train_step = make_train_step(model, tx, config, mesh, compiler_options)
+    eval_step = (make_eval_step(model, config, mesh, compiler_options)
+                 if config.train.eval_every else None)
+    is_chief = jax.process_index() == 0
+    writer = None
+    if is_chief:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR))
+    logging.info("training steps %d -> %d on %d devices (%d processes)", start_step, last_step,
+                 mesh.size, jax.process_count())
+
+    from tqdm import tqdm
+
+    batches = train_batches(config, process_index=jax.process_index(),
+                            process_count=jax.process_count(), start_step=start_step)
+    progress = tqdm(total=num_steps, initial=start_step, desc="train", disable=not is_chief,
+                    dynamic_ncols=True)
+    history, tick, tick_step = [], time.perf_counter(), start_step
+    preempted = False
+    with _Preemption() as preemption:
+        for step in range(start_step + 1, last_step + 1):  # `step` = updates done after it
+            local = next(batches)
+            if local["flow"].shape[0] != sharding.process_batch_size(config.train.batch_size):
+                raise ValueError(f"the data source gave {local['flow'].shape[0]} rows; expected "
+                                 f"train.batch_size / processes = "
+                                 f"{sharding.process_batch_size(config.train.batch_size)}")
+            state, metrics = train_step(state, sharding.global_batch(
+                select_keys(local, TRAIN_KEYS), mesh))
+            history.append(metrics)
+            progress.update(1)
+            if step == start_step + 1:
+                release_freed_host_memory()  # after the first step, i.e. after compilation
+            if step % int(config.train.log_every) == 0 or step == last_step:
+                summary = _mean_metrics(history)
+                now = time.perf_counter()
+                summary["steps_per_sec"] = (step - tick_step) / (now - tick)
+                history, tick, tick_step = [], now, step
+                progress.set_postfix(loss=f"{summary['loss']:.4f}",
+                                     lr=f"{summary['learning_rate']:.2e}")
+                if writer:
+                    for name, value in summary.items():
+                        writer.add_scalar(f"train/{name}", value, step)
+            if eval_step and (step % int(config.train.eval_every) == 0 or step == num_steps):
+                results = evaluate(eval_step, state.params, val_batches(
+                    config, process_index=jax.process_index(),
+                    process_count=jax.process_count()), mesh)
+                logging.info("step %d Syn-Val %s", step, results)
+                if writer:
+                    for name, value in results.items():
+                        writer.add_scalar(f"val/{name}", value, step)
+            preempted = preemption.reached(step)
+            if step % int(config.train.checkpoint_every) == 0 or step == last_step or preempted:
+                save_state(manager, state)
+            if preempted:
+                logging.warning("SIGTERM: saved step %d, exiting", step)
+                break
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    if writer:
+        writer.flush()
+        writer.close()
+    logging.info("process %d/%d: step %d, params sha256 %s", jax.process_index(),
+                 jax.process_count(), int(jax.device_get(state.step)),
+                 params_fingerprint(state.params))
+    if int(jax.device_get(state.step)) == num_steps and not preempted:
+        export_model(state.params, config, workdir)
+    return state
+
+
+def export_model(params, config, workdir: str) -> str:
+    """`DIR/model/`: params + config for eval, the port and the demo (process 0 writes).
+
+    `checkpoint.save_checkpoint` uses orbax, whose savers wait at barriers for every process
+    of a multi-process job; only process 0 exports, so there it runs in a fresh
+    single-process interpreter instead (same function, same layout).
+    """
+    path = os.path.join(os.path.abspath(workdir), MODEL_DIR)
+    if jax.process_index() != 0:
+        return path
+    host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+    if jax.process_count() == 1:
+        from oclr_jax.checkpoint import save_checkpoint
+
+        save_checkpoint(path, host_params, config, overwrite=True)
+        return path
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
+            f.write(flax.serialization.msgpack_serialize(host_params))
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(config.to_dict(), f, default=list)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+        subprocess.run([sys.executable, "-m", "oclr_jax.train", "--export_only", tmp, path],
+                       check=True, env=env)
+    return path
+
+
+def _export_from_files(tmp: str, path: str) -> None:
+    """Child side of `export_model` for multi-process jobs."""
+    from oclr_jax.checkpoint import config_from_json, save_checkpoint
+
+    with open(os.path.join(tmp, "params.msgpack"), "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    with open(os.path.join(tmp, CONFIG_FILE)) as f:
+        config = config_from_json(f.read())
+    save_checkpoint(path, params, config, overwrite=True)
+
+
+def initialize_distributed(args) -> None:
+    """`jax.distributed.initialize` from flags, else from the cluster environment."""
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.multihost:
+        jax.distributed.initialize()  # TPU pod slices and SLURM are detected automatically
+
+
+def _parse_args(argv):
+    from oclr_jax.config_lib import split_config_overrides
+
+    overrides, rest = split_config_overrides(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m oclr_jax.train", description=__doc__.split("\n\n")[0],
+        epilog="Any config field can be overridden: --config.train.learning_rate=1e-4.")
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/oclr_paper.py")
+    parser.add_argument("--workdir", required=True, help="output folder; reruns resume here")
+    parser.add_argument("--multihost", action="store_true",
+                        help="call jax.distributed.initialize() with the environment's cluster "
+                             "detection (Cloud TPU pod slices, SLURM)")
+    parser.add_argument("--coordinator_address", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                        help="host:port of process 0 (explicit multi-process set-up)")
+    parser.add_argument("--num_processes", type=int,
+                        default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
+    parser.add_argument("--process_id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
+    parser.add_argument("--xla_option", action="append", default=[], metavar="KEY=VALUE",
+                        help="XLA compiler option for the jitted steps, repeatable, e.g. "
+                             "xla_backend_optimization_level=1 (faster CPU compiles)")
+    parser.add_argument("--stop_at_step", type=int, default=None,
+                        help="save and stop at this step (time-boxed jobs; rerun to continue)")
+    return parser.parse_args(rest), overrides
+
+
+def main(argv=None) -> int:
+    from oclr_jax.config_lib import load_config, parse_value
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--export_only"]:  # internal: see export_model
+        _export_from_files(*argv[1:3])
+        return 0
+    args, overrides = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    initialize_distributed(args)
+    config = load_config(args.config, overrides)
+    compiler_options = {}
+    for option in args.xla_option:
+        key, _, value = option.partition("=")
+        compiler_options[key] = parse_value(value)
+    train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step,
+                       compiler_options=compiler_options or None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The train step on 8 fake devices vs one, kill-and-resume, and the trainer's files."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from oclr_jax import optim, sharding, train, train_step
+from oclr_jax.model import model_from_config
+from tests.train_fakes import FAST_COMPILE, moving_squares_batches, small_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Identical programs (each run re-jits the same step) compile once per module."""
+    previous = (jax.config.jax_compilation_cache_dir,
+                jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+
+
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_sharded_step_equals_single_device_step():
+    config = small_config()
+    model = model_from_config(config.model, in_channels=4)
+    tx = optim.make_optimizer(config.train)
+    one = sharding.make_data_mesh(jax.devices()[:1])
+    eight = sharding.make_data_mesh()
+    assert eight.size == 8
+    host_state = jax.device_get(train_step.init_train_state(
+        model, tx, jax.random.PRNGKey(0), 4, one, FAST_COMPILE))
+    local = next(moving_squares_batches(config, process_index=0, process_count=1))
+    results = {}
+    for name, mesh in (("one", one), ("eight", eight)):  # two updates each
+        step = train_step.make_train_step(model, tx, config, mesh, FAST_COMPILE)
+        state = sharding.put_replicated(host_state, mesh)
+        for _ in range(2):
+            batch = sharding.global_batch(train_step.select_keys(local, train_step.TRAIN_KEYS),
+                                          mesh)
+            state, metrics = step(state, batch)
+        results[name] = jax.device_get((state, metrics))
+    (state_one, metrics_one), (state_eight, metrics_eight) = results["one"], results["eight"]
+    assert metrics_one["nonfinite"] == 0
+    for term in ("loss", "amodal_bce", "boundary", "order", "modal", "grad_norm"):
+        np.testing.assert_allclose(metrics_eight[term], metrics_one[term], rtol=1e-5)
+    assert _max_abs_diff(state_one.params, state_eight.params) < 1e-5
+    assert _max_abs_diff(state_one.params, host_state.params) > 1e-6  # the params did move
+    # Adam's moments are (running averages of) the clipped gradients, element by element.  The
+    # cross-device sum rounds differently, and some gradients are zero up to rounding (the
+    # order head's last bias shifts every order value alike), so compare on the global scale.
+    for moment in ("mu", "nu"):
+        flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(
+            getattr(state.opt_state[1][0], moment))]) for state in (state_one, state_eight)]
+        np.testing.assert_allclose(flat[1], flat[0], rtol=1e-3, atol=1e-4 * np.abs(flat[0]).max())
+
+
+def _batches_with_sigterm_at(step_to_kill):
+    def batches(config, *, process_index, process_count, start_step=0):
+        for step, batch in enumerate(moving_squares_batches(
+                config, process_index=process_index, process_count=process_count,
+                start_step=start_step), start=start_step):
+            if step == step_to_kill:  # the batch of update step_to_kill + 1 is being fetched
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+    return batches
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    config = small_config("train.num_steps=4", "train.checkpoint_every=3")
+    devices = jax.devices()[:1]
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"), devices=devices,
+                                        train_batches=moving_squares_batches,
+                                        compiler_options=FAST_COMPILE)
+    assert int(straight.step) == 4
+    assert os.path.isfile(tmp_path / "straight" / "model" / "config.json")
+
+    workdir = str(tmp_path / "interrupted")
+    stopped = train.train_and_evaluate(config, workdir, devices=devices,
+                                       train_batches=_batches_with_sigterm_at(1),
+                                       compiler_options=FAST_COMPILE)
+    assert int(stopped.step) == 2  # SIGTERM during step 2: that step finishes, saves, exits
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    assert not os.path.exists(os.path.join(workdir, "model"))  # not finished: no export
+    resumed = train.train_and_evaluate(config, workdir, devices=devices,
+                                       train_batches=moving_squares_batches,
+                                       compiler_options=FAST_COMPILE)
+    assert int(resumed.step) == 4
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3", "4"]
+    # Same data, rng and state: the same numbers (updates are ~lr = 2e-6 per step, so a wrong
+    # batch or key would show far above this tolerance, in the params and in Adam's moments).
+    assert _max_abs_diff(straight.params, resumed.params) < 1e-8
+    assert _max_abs_diff(straight.opt_state, resumed.opt_state) < 1e-9
+    with open(os.path.join(workdir, "train_config.json")) as f:
+        assert json.load(f)["train"]["num_steps"] == 4
+    assert any(name.startswith("events.out.tfevents")
+               for name in os.listdir(os.path.join(workdir, "tensorboard")))
+
+    other_model = small_config("train.num_steps=4", "model.ff_dim=64")
+    with pytest.raises(ValueError, match="different model"):
+        train.train_and_evaluate(other_model, workdir, devices=devices,
+                                 train_batches=moving_squares_batches)  # fails before compiling
+
+
+def test_batch_size_must_split_over_devices():
+    mesh = sharding.make_data_mesh()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        sharding.check_batch_size(4, mesh)
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        sharding.check_batch_size(8, mesh, microbatches=3)
+    sharding.check_batch_size(16, mesh, microbatches=2)
+
+
+def test_cli_parses_overrides_and_help(capsys):
+    args, overrides = train._parse_args(["--config", "configs/tiny.py", "--workdir", "/tmp/x",
+                                         "--config.train.learning_rate=1e-3"])
+    assert args.workdir == "/tmp/x" and overrides == ["train.learning_rate=1e-3"]
+    with pytest.raises(SystemExit):
+        train._parse_args(["--help"])
+    assert "--workdir" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_one_big_batch():
+    # Without dropout and without the boundary term (normalised by the strip area of the
+    # whole batch), the mean loss over two equal microbatches is the mean over the batch.
+    config = small_config("model.dropout_rate=0.0", "loss.boundary_weight=0.0")
+    model = model_from_config(config.model, in_channels=4)
+    tx = optim.make_optimizer(config.train)
+    mesh = sharding.make_data_mesh(jax.devices()[:2])  # microbatches stay split over devices
+    host_state = jax.device_get(train_step.init_train_state(
+        model, tx, jax.random.PRNGKey(0), 4, sharding.make_data_mesh(jax.devices()[:1]),
+        FAST_COMPILE))
+    local = next(moving_squares_batches(config, process_index=0, process_count=1))
+    results = []
+    for accum in (1, 2):
+        config.train.grad_accum_steps = accum
+        step = train_step.make_train_step(model, tx, config, mesh, FAST_COMPILE)
+        batch = sharding.global_batch(train_step.select_keys(local, train_step.TRAIN_KEYS), mesh)
+        results.append(jax.device_get(step(sharding.put_replicated(host_state, mesh), batch)))
+    (state_1, metrics_1), (state_2, metrics_2) = results
+    for term in ("loss", "amodal_bce", "order", "modal", "grad_norm"):
+        np.testing.assert_allclose(metrics_2[term], metrics_1[term], rtol=1e-5)
+    mu = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.opt_state[1][0].mu)])
+          for s in (state_1, state_2)]
+    np.testing.assert_allclose(mu[1], mu[0], rtol=1e-3, atol=1e-4 * np.abs(mu[0]).max())
