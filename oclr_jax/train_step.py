@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from oclr_jax import compose, losses, matching, optim, sharding
+from oclr_jax.model import init_key
 
 TRAIN_KEYS = ("flow", "amodal")  # what the train step reads from a batch.
 EVAL_KEYS = ("flow", "amodal", "weight")
@@ -50,7 +51,9 @@ def _init_state(model, tx, key: jax.Array, in_channels: int) -> TrainState:
     # Params do not depend on T, H or W, so a (1, 1, 16, 16, C) input is enough.
     params_key, dropout_key = jax.random.split(key)
     flow = jnp.zeros((1, 1, 16, 16, in_channels), jnp.float32)
-    params = model.init({"params": params_key}, flow, train=False)["params"]
+    # An rbg key for the initialisers: XLA on CPU compiles threefry samplers for ~130 params
+    # in minutes, rbg ones in seconds (see oclr_jax.model.init_key).
+    params = model.init({"params": init_key(params_key)}, flow, train=False)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=dropout_key)
 
