@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3
     config.train.async_checkpointing = True
+    config.train.cpu_ynn_fusion = False     # XLA CPU's YNNPACK fusions: slow conv gradients.
     config.train.eval_every = 20_000
     config.train.eval_num_sequences = 384
 

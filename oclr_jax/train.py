@@ -35,7 +35,8 @@ import numpy as np
 from oclr_jax import optim, sharding, train_data
 from oclr_jax.model import model_from_config
 from oclr_jax.train_step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
-                                 init_train_state, make_eval_step, make_train_step, select_keys)
+                                 compiler_options_for, init_train_state, make_eval_step,
+                                 make_train_step, select_keys)
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
@@ -165,6 +166,58 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh) -> dict:
     return {name: float(value) / count for name, value in totals.items()}
 
 
+def _write(writer, prefix: str, values: dict, step: int) -> None:
+    if writer:
+        for name, value in values.items():
+            writer.add_scalar(f"{prefix}/{name}", value, step)
+
+
+def _train_loop(config, state, batches, train_step, eval_step, val_batches, manager, writer,
+                mesh, last_step: int):
+    """Steps `state` to `last_step` (or a preemption).  Returns (state, preempted)."""
+    from tqdm import tqdm
+
+    train = config.train
+    start_step, num_steps = int(jax.device_get(state.step)), int(train.num_steps)
+    rows = sharding.process_batch_size(train.batch_size)
+    progress = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True,
+                    disable=jax.process_index() != 0)
+    history, tick, tick_step, preempted = [], time.perf_counter(), start_step, False
+    with _Preemption() as preemption, progress:
+        for step in range(start_step + 1, last_step + 1):  # `step` = updates done after it
+            local = next(batches)
+            if local["flow"].shape[0] != rows:
+                raise ValueError(f"the data source gave {local['flow'].shape[0]} rows; expected "
+                                 f"train.batch_size / processes = {rows}")
+            state, metrics = train_step(state, sharding.global_batch(
+                select_keys(local, TRAIN_KEYS), mesh))
+            history.append(metrics)
+            progress.update(1)
+            if step == start_step + 1:
+                release_freed_host_memory()  # the first call compiled the step
+            if step % int(train.log_every) == 0 or step == last_step:
+                summary = _mean_metrics(history)  # waits for the steps so far
+                now = time.perf_counter()
+                summary["steps_per_sec"] = (step - tick_step) / (now - tick)
+                history, tick, tick_step = [], now, step
+                progress.set_postfix(loss=f"{summary['loss']:.4f}",
+                                     lr=f"{summary['learning_rate']:.2e}")
+                _write(writer, "train", summary, step)
+            if eval_step and (step % int(train.eval_every) == 0 or step == num_steps):
+                results = evaluate(eval_step, state.params, val_batches(
+                    config, process_index=jax.process_index(),
+                    process_count=jax.process_count()), mesh)
+                logging.info("step %d Syn-Val %s", step, results)
+                _write(writer, "val", results, step)
+            preempted = preemption.reached(step)
+            if step % int(train.checkpoint_every) == 0 or step == last_step or preempted:
+                save_state(manager, state)
+            if preempted:
+                logging.warning("preemption (SIGTERM): saved step %d, exiting", step)
+                break
+    return state, preempted
+
+
 def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesFn] = None,
                        val_batches: Optional[BatchesFn] = None, devices=None,
                        stop_at_step: Optional[int] = None,
@@ -180,8 +233,10 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
         batches with a `weight` row mask; default `train_data.make_val_batches`.
       devices: devices of the mesh (default all).
       stop_at_step: save and return at this step as if preempted (tests, time-boxed jobs).
-      compiler_options: XLA options for the jitted init/train/eval functions.
+      compiler_options: XLA options for the jitted init/train/eval functions, on top of
+        `train_step.compiler_options_for(config)`.
     """
+    compiler_options = compiler_options_for(config, compiler_options)
     train_batches = train_batches or train_data.make_train_batches
     val_batches = val_batches or train_data.make_val_batches
     os.makedirs(workdir, exist_ok=True)
@@ -203,66 +258,23 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     train_step = make_train_step(model, tx, config, mesh, compiler_options)
     eval_step = (make_eval_step(model, config, mesh, compiler_options)
                  if config.train.eval_every else None)
-    is_chief = jax.process_index() == 0
     writer = None
-    if is_chief:
+    if jax.process_index() == 0:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR))
     logging.info("training steps %d -> %d on %d devices (%d processes)", start_step, last_step,
                  mesh.size, jax.process_count())
-
-    from tqdm import tqdm
-
     batches = train_batches(config, process_index=jax.process_index(),
                             process_count=jax.process_count(), start_step=start_step)
-    progress = tqdm(total=num_steps, initial=start_step, desc="train", disable=not is_chief,
-                    dynamic_ncols=True)
-    history, tick, tick_step = [], time.perf_counter(), start_step
-    preempted = False
-    with _Preemption() as preemption:
-        for step in range(start_step + 1, last_step + 1):  # `step` = updates done after it
-            local = next(batches)
-            if local["flow"].shape[0] != sharding.process_batch_size(config.train.batch_size):
-                raise ValueError(f"the data source gave {local['flow'].shape[0]} rows; expected "
-                                 f"train.batch_size / processes = "
-                                 f"{sharding.process_batch_size(config.train.batch_size)}")
-            state, metrics = train_step(state, sharding.global_batch(
-                select_keys(local, TRAIN_KEYS), mesh))
-            history.append(metrics)
-            progress.update(1)
-            if step == start_step + 1:
-                release_freed_host_memory()  # after the first step, i.e. after compilation
-            if step % int(config.train.log_every) == 0 or step == last_step:
-                summary = _mean_metrics(history)
-                now = time.perf_counter()
-                summary["steps_per_sec"] = (step - tick_step) / (now - tick)
-                history, tick, tick_step = [], now, step
-                progress.set_postfix(loss=f"{summary['loss']:.4f}",
-                                     lr=f"{summary['learning_rate']:.2e}")
-                if writer:
-                    for name, value in summary.items():
-                        writer.add_scalar(f"train/{name}", value, step)
-            if eval_step and (step % int(config.train.eval_every) == 0 or step == num_steps):
-                results = evaluate(eval_step, state.params, val_batches(
-                    config, process_index=jax.process_index(),
-                    process_count=jax.process_count()), mesh)
-                logging.info("step %d Syn-Val %s", step, results)
-                if writer:
-                    for name, value in results.items():
-                        writer.add_scalar(f"val/{name}", value, step)
-            preempted = preemption.reached(step)
-            if step % int(config.train.checkpoint_every) == 0 or step == last_step or preempted:
-                save_state(manager, state)
-            if preempted:
-                logging.warning("SIGTERM: saved step %d, exiting", step)
-                break
-    progress.close()
-    manager.wait_until_finished()
-    manager.close()
-    if writer:
-        writer.flush()
-        writer.close()
+    try:
+        state, preempted = _train_loop(config, state, batches, train_step, eval_step,
+                                       val_batches, manager, writer, mesh, last_step)
+    finally:
+        manager.wait_until_finished()  # async saves complete even when a step raised
+        manager.close()
+        if writer:
+            writer.close()
     logging.info("process %d/%d: step %d, params sha256 %s", jax.process_index(),
                  jax.process_count(), int(jax.device_get(state.step)),
                  params_fingerprint(state.params))

@@ -87,7 +87,7 @@ def _timed(step, repeats: int) -> dict:
             "step_extra_mb": round(peak - before, 1)}
 
 
-def run_jax(size: str, dtype: str, repeats: int) -> dict:
+def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False) -> dict:
     import jax
 
     from oclr_jax import config_lib, optim, sharding, train_step
@@ -96,14 +96,15 @@ def run_jax(size: str, dtype: str, repeats: int) -> dict:
     config_file, batch, frames, height, width = SIZES[size]
     config = config_lib.load_config(os.path.join(REPO, config_file), [
         f"data.num_frames={frames}", f"data.resolution=({height}, {width})",
-        f"train.batch_size={batch}", f"model.dtype='{dtype}'"])
+        f"train.batch_size={batch}", f"model.dtype='{dtype}'", f"train.cpu_ynn_fusion={ynn}"])
     mesh = sharding.make_data_mesh(jax.devices()[:1])
     model = model_from_config(config.model, in_channels=4)
     tx = optim.make_optimizer(config.train)
     state = train_step.init_train_state(model, tx, jax.random.PRNGKey(0), 4, mesh)
     flow, amodal = _batch(batch, frames, height, width, config.model.num_queries)
     data = sharding.global_batch({"flow": flow, "amodal": amodal}, mesh)
-    step_fn = train_step.make_train_step(model, tx, config, mesh)
+    options = train_step.compiler_options_for(config)  # what the trainer uses
+    step_fn = train_step.make_train_step(model, tx, config, mesh, options)
     start = time.perf_counter()
     compiled = step_fn.lower(state, data).compile()
     compile_s = time.perf_counter() - start
@@ -117,7 +118,8 @@ def run_jax(size: str, dtype: str, repeats: int) -> dict:
     analysis = compiled.memory_analysis()
     if analysis is not None:
         result["xla_temp_mb"] = round(analysis.temp_size_in_bytes / 2**20, 1)
-    result.update(compile_s=round(compile_s, 1), device=str(jax.devices()[0].device_kind))
+    result.update(compile_s=round(compile_s, 1), device=str(jax.devices()[0].device_kind),
+                  compiler_options=options or {})
     return result
 
 
@@ -218,7 +220,9 @@ def run_torch(size: str, repeats: int) -> dict:
 
 def _worker(spec: str, repeats: int) -> dict:
     framework, size, dtype = spec.split(":")
-    return run_torch(size, repeats) if framework == "torch" else run_jax(size, dtype, repeats)
+    if framework == "torch":
+        return run_torch(size, repeats)
+    return run_jax(size, dtype, repeats, ynn=framework == "jaxynn")
 
 
 def main() -> None:
@@ -227,6 +231,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--with_ynn", action="store_true",
+                        help="also time float32 with XLA CPU's YNNPACK fusions on (XLA's "
+                             "default; the trainer turns them off)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -235,6 +242,8 @@ def main() -> None:
     results = {}
     for size in args.sizes:
         specs = [f"jax:{size}:{dtype}" for dtype in args.dtypes]
+        if args.with_ynn:
+            specs.append(f"jaxynn:{size}:float32")
         if not args.no_torch:
             specs.append(f"torch:{size}:float32")
         for spec in specs:
