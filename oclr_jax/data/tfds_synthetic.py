@@ -5,9 +5,12 @@ Configs (DESIGN.md §4, Table B5): `syn_train` (4608 sequences, split `train`), 
 RGB); 30 frames of 128x224.  Each example is one sequence.  Two sources:
 
 * generation (the default): `oclr_jax.data.synth` plans and renders the split, so building
-  (`python -m oclr_jax.data.build_tfds oclr_synthetic/syn_train`, or `tfds build`) alone
-  produces the dataset; with `--beam_pipeline_options=...` (or a `DownloadConfig` with
-  `beam_runner`/`beam_options`) the rendering runs as an Apache Beam pipeline instead.
+  (`python -m oclr_jax.data.build_tfds oclr_synthetic/syn_train`, or `tfds build
+  oclr_synthetic/syn_train --imports oclr_jax.data.tfds_synthetic`) alone produces the
+  dataset; with `--beam_pipeline_options=...` (or a `DownloadConfig` with
+  `beam_runner`/`beam_options`) the rendering runs as an Apache Beam pipeline instead, with
+  the same records.  Custom variants are `OclrSyntheticConfig`s (`tfds build --config` takes
+  their fields as JSON).
 * ingestion of an official-layout folder (JPEGImages/, Flows_gap±1/, AmodalAnnotations/): pass
   `source_dir=...` to the builder, or put the folder in the manual dir (`<manual_dir>` itself or
   `<manual_dir>/<config name>`).  Flows get the official missing-gap fallback; masks and flows
@@ -80,6 +83,14 @@ class OclrSyntheticConfig(tfds.core.BuilderConfig):
     resolution: tuple[int, int] = (128, 224)
     seed: int = 0
     with_rgb: bool = False
+
+    def __post_init__(self):
+        # `tfds build --config '{"resolution": [64, 112], ...}'` passes a JSON list.
+        resolution = tuple(self.resolution)
+        if len(resolution) != 2 or not all(isinstance(v, int) and v > 0 for v in resolution):
+            raise ValueError(f"oclr_synthetic config {self.name!r}: resolution {self.resolution!r}"
+                             " must be two positive integers (H, W)")
+        self.resolution = resolution
 
 
 def _paper_config(name: str, split: str, num_sequences: int, seed: int, with_rgb: bool,
@@ -192,8 +203,8 @@ def decode_example(example: dict, num_channels: int | None = None) -> dict[str, 
 
 
 def ingest_example(source_dir: str, name: str, resolution: tuple[int, int],
-                   with_rgb: bool) -> tuple[str, dict]:
-    """One official-layout sequence -> (key, features).  Module level so Beam can pickle it.
+                   with_rgb: bool) -> dict:
+    """One official-layout sequence -> its features.  Module level so Beam can pickle it.
 
     The stored modal masks come from `Annotations/` label maps when the folder has them (they
     know about occluders), else from composing the amodal masks."""
@@ -208,18 +219,26 @@ def ingest_example(source_dir: str, name: str, resolution: tuple[int, int],
                  for f in seq.frames]
         if all(official_layout.read_rgb(p).shape[:2] == tuple(resolution) for p in paths):
             example["rgb"] = paths  # Already at size: keep the JPEG bytes, no re-encoding.
-    return name, example
+    return example
 
 
-def render_example(spec: Any, options: Any, with_rgb: bool) -> tuple[str, dict]:
-    """One generator spec -> (key, features).  The generator already fills the first frame's
+def render_example(spec: Any, options: Any, with_rgb: bool) -> dict:
+    """One generator spec -> its features.  The generator already fills the first frame's
     backward and the last frame's forward flow with the official missing-gap fallback, so the
     example equals what ingesting its written folder gives."""
     from oclr_jax.data import synth
 
     seq = synth.render_sequence(spec, options)
-    return seq.name, encode_example(seq.name, seq.flow_fwd, seq.flow_bwd, seq.amodal, seq.modal,
-                                    order=seq.order, rgb=seq.rgb if with_rgb else None)
+    return encode_example(seq.name, seq.flow_fwd, seq.flow_bwd, seq.amodal, seq.modal,
+                          order=seq.order, rgb=seq.rgb if with_rgb else None)
+
+
+def keyed_example(indexed_item: tuple[int, Any], make_example) -> tuple[int, dict]:
+    """`(index, item)` -> `(index, make_example(item))`.  Examples are keyed by their position
+    in the plan (or in the sorted folder listing): with `disable_shuffling` tfds stores them in
+    key order, and its Beam writer places keys into shards by value, so they must be integers."""
+    index, item = indexed_item
+    return index, make_example(item)
 
 
 def synth_options(config: OclrSyntheticConfig, overrides: dict | None = None) -> Any:
@@ -229,6 +248,16 @@ def synth_options(config: OclrSyntheticConfig, overrides: dict | None = None) ->
     values = dict(overrides or {})
     values.update(frames=config.num_frames, resolution=tuple(config.resolution))
     return synth.RenderOptions(**values)
+
+
+def with_explicit_beam_options(download_config):
+    """A Beam runner without options would make tfds parse `sys.argv` (the caller's own
+    command line: pytest's flags, say) as Beam flags; give it empty options instead."""
+    if download_config is None or download_config.beam_runner is None or (
+            download_config.beam_options is not None):
+        return download_config
+    options = tfds.core.lazy_imports.apache_beam.options.pipeline_options.PipelineOptions
+    return dataclasses.replace(download_config, beam_options=options(flags=[]))
 
 
 class OclrSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -258,19 +287,27 @@ class OclrSynthetic(tfds.core.GeneratorBasedBuilder):
         return epath.Path(os.path.abspath(__file__))
 
     def __init__(self, *, source_dir: str | None = None, render_options: dict | None = None,
-                 **kwargs):
+                 file_format: str | None = None, **kwargs):
         """`source_dir`: an official-layout folder to ingest instead of generating;
-        `render_options`: `synth.RenderOptions` fields (texture_dir, flow_mode, ...)."""
+        `render_options`: `synth.RenderOptions` fields (texture_dir, flow_mode, ...);
+        `file_format`: what to write (default ArrayRecord; `tfds build --file_format` sets it)."""
         self._source_dir = source_dir
         self._render_options = render_options
+        self._requested_file_format = file_format
         self._download_config = None
-        super().__init__(**kwargs)
+        super().__init__(file_format=file_format, **kwargs)
 
     def download_and_prepare(self, *, download_config=None, file_format=None, **kwargs):
-        # Stored as ArrayRecord by default: the input pipeline needs random access.
+        from oclr_jax.data import input_pipeline
+
+        # `tfds build` does not hide accelerators; TF must not take their memory here either.
+        input_pipeline.hide_accelerators_from_tf()
+        download_config = with_explicit_beam_options(download_config)
         self._download_config = download_config
-        super().download_and_prepare(download_config=download_config,
-                                     file_format=file_format or DEFAULT_FILE_FORMAT, **kwargs)
+        # ArrayRecord by default: the input pipeline needs random access.
+        file_format = file_format or self._requested_file_format or DEFAULT_FILE_FORMAT
+        super().download_and_prepare(download_config=download_config, file_format=file_format,
+                                     **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         height, width = self.builder_config.resolution
@@ -332,7 +369,16 @@ class OclrSynthetic(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items: Iterable[Any], make_example):
         items = list(items)
+        limit = getattr(self._download_config, "max_examples_per_split", None)
+        if limit is not None:
+            # `tfds build --max_examples_per_split N`: tfds cuts generators itself, not Beam.
+            items = items[:limit]
         if self._beam_requested():
             beam = tfds.core.lazy_imports.apache_beam
-            return beam.Create(items) | beam.Map(make_example)
-        return (make_example(item) for item in items)
+            # Reshuffle breaks fusion with Create, so that a runner spreads the rendering over
+            # its workers instead of running it where the (small) item list was made.
+            return (beam.Create(list(enumerate(items)))
+                    | "Distribute" >> beam.Reshuffle()
+                    | "Make" >> beam.Map(keyed_example, make_example))
+        return (keyed_example(indexed, make_example) for indexed in enumerate(items))
+
