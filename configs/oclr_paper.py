@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.clip_value = 5.0           # gradient clipping by value.
     config.train.grad_accum_steps = 1       # sequential microbatches per step (same batch).
     config.train.skip_nonfinite_updates = True  # keep params when loss/grads are NaN/inf.
+    config.train.dropout_rng = "threefry"  # threefry (masks independent of the device count)
+                                            # | rbg (XLA RngBitGenerator: faster).
     config.train.log_every = 100
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3

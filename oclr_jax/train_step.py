@@ -96,9 +96,14 @@ def abstract_train_state(model, tx: optax.GradientTransformation, in_channels: i
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
 
-def _loss_fn(model, loss_config: Mapping, assigner: Callable):
+def _loss_fn(model, loss_config: Mapping, assigner: Callable, dropout_rng: str = "threefry"):
     """(params, batch, dropout_key) -> (total, terms), for one (micro)batch."""
+    if dropout_rng not in ("threefry", "rbg"):
+        raise ValueError(f"train.dropout_rng must be 'threefry' or 'rbg'; got {dropout_rng!r}")
+
     def loss_fn(params, batch, key):
+        if dropout_rng == "rbg":
+            key = init_key(key)  # same bits source as the initialisers: XLA's RngBitGenerator
         outputs = model.apply({"params": params}, batch["flow"], train=True,
                               rngs={"dropout": key})
         amodal_logits = losses.neutralize_nonfinite(outputs["amodal_logits"])  # (B, T, H, W, K)
@@ -130,7 +135,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh: Mesh,
     compiles several times faster on CPU; the tests use it).
     """
     assigner = matching.make_assigner(config.loss.matcher, mesh)
-    loss_fn = _loss_fn(model, dict(config.loss), assigner)
+    loss_fn = _loss_fn(model, dict(config.loss), assigner,
+                       config.train.get("dropout_rng", "threefry"))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     accum = int(config.train.grad_accum_steps)
     skip_nonfinite = bool(config.train.get("skip_nonfinite_updates", True))
@@ -153,13 +159,20 @@ def make_train_step(model, tx: optax.GradientTransformation, config, mesh: Mesh,
             (loss, terms), grads = jax.tree.map(
                 lambda x: x / accum,
                 jax.lax.scan(body, zeros, (jnp.arange(accum), micro))[0])
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def apply(params, opt_state):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
         if skip_nonfinite:  # keep the old params and moments rather than poison them
-            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                             (params, opt_state), (state.params, state.opt_state))
+            # A cond rather than `where(finite, new, old)`: the select kept the old state alive
+            # next to the donated buffers, so XLA copied all params and moments every step.
+            params, opt_state = jax.lax.cond(finite, apply, lambda *old: old, state.params,
+                                             state.opt_state)
+        else:
+            params, opt_state = apply(state.params, state.opt_state)
         metrics = dict(loss=loss, **terms, grad_norm=grad_norm,
                        param_norm=optax.global_norm(params),
                        nonfinite=1.0 - finite.astype(jnp.float32))

@@ -12,6 +12,7 @@ from flax.traverse_util import flatten_dict
 from oclr_jax.model import (OCLR, check_input_shape, init_key, init_params, linspace_grid,
                             same_frame_allowed)
 from oclr_jax.modules.transformer import MultiHeadAttention, Norm
+from oclr_jax.modules.unet import instance_norm, max_pool_2x2
 
 HERE = os.path.dirname(__file__)
 SMALL = dict(unet_features=4, num_layers=1, num_heads=2, ff_dim=16)
@@ -154,6 +155,39 @@ def test_norm_matches_numpy_unbiased_std():
     # And it is not LayerNorm (biased variance inside the sqrt) on few features.
     layer_norm = (x - mean) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     assert np.abs(out - (params["params"]["scale"] * layer_norm + params["params"]["bias"])).max() > 1e-2
+
+
+def test_max_pool_value_and_first_max_gradient():
+    """torch max_pool2d(2) semantics: the max, and the whole gradient to the first maximum of
+    each window in row-major order (ties included), checked against a loop in numpy."""
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 6, 8, 3).astype(np.float32)
+    x[0, 0:2, 0:2, 0] = 5.0                      # a four-way tie
+    x[1, 2, 3, 1] = x[1, 3, 2, 1] = 7.0          # a tie on (0, 1) and (1, 0) of a window
+    x[1, 4:6, 4:6, 2] = 0.0                      # all zero
+    cotangent = rng.randn(2, 3, 4, 3).astype(np.float32)
+    pooled, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    grad = np.asarray(vjp(jnp.asarray(cotangent))[0])
+    expected_pooled = np.zeros_like(cotangent)
+    expected_grad = np.zeros_like(x)
+    for n, i, j, c in np.ndindex(*cotangent.shape):
+        window = [(2 * i + dy, 2 * j + dx) for dy in (0, 1) for dx in (0, 1)]
+        values = [x[n, y, xx, c] for y, xx in window]
+        first = int(np.argmax(values))  # numpy's argmax is the first maximum too
+        expected_pooled[n, i, j, c] = values[first]
+        expected_grad[(n,) + window[first] + (c,)] = cotangent[n, i, j, c]
+    np.testing.assert_array_equal(np.asarray(pooled), expected_pooled)
+    np.testing.assert_array_equal(grad, expected_grad)
+    with pytest.raises(ValueError, match="even"):
+        max_pool_2x2(jnp.zeros((1, 5, 4, 1)))
+
+
+def test_instance_norm_matches_numpy():
+    x = np.random.RandomState(1).randn(3, 8, 12, 5).astype(np.float32) * 3 + 2
+    x64 = x.astype(np.float64)
+    mean = x64.mean((1, 2), keepdims=True)
+    expected = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean((1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(instance_norm(jnp.asarray(x))), expected, atol=2e-5)
 
 
 def test_determinism_and_dropout_only_in_train(small_model_and_params):

@@ -153,3 +153,40 @@ def test_gradient_accumulation_equals_one_big_batch():
     mu = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.opt_state[1][0].mu)])
           for s in (state_1, state_2)]
     np.testing.assert_allclose(mu[1], mu[0], rtol=1e-3, atol=1e-4 * np.abs(mu[0]).max())
+
+
+def test_nonfinite_update_is_skipped_and_rbg_dropout_is_deterministic():
+    """A NaN batch leaves params and Adam's moments untouched (the step counter still
+    advances); the next finite batch updates them.  `train.dropout_rng='rbg'` steps are
+    reproducible and draw other masks than threefry's."""
+    config = small_config("train.dropout_rng='rbg'")
+    model = model_from_config(config.model, in_channels=4)
+    tx = optim.make_optimizer(config.train)
+    mesh = sharding.make_data_mesh(jax.devices()[:1])
+    initial = jax.device_get(train_step.init_train_state(
+        model, tx, jax.random.PRNGKey(0), 4, mesh, FAST_COMPILE))
+    local = train_step.select_keys(next(moving_squares_batches(
+        config, process_index=0, process_count=1)), train_step.TRAIN_KEYS)
+    poisoned = dict(local, flow=np.full_like(local["flow"], np.nan))
+    step = train_step.make_train_step(model, tx, config, mesh, FAST_COMPILE)
+
+    state, metrics = step(sharding.put_replicated(initial, mesh),
+                          sharding.global_batch(poisoned, mesh))
+    after_nan = jax.device_get(state)
+    assert metrics["nonfinite"] == 1 and int(after_nan.step) == 1
+    assert _max_abs_diff(after_nan.params, initial.params) == 0
+    assert _max_abs_diff(after_nan.opt_state, initial.opt_state) == 0
+
+    finals = []
+    for _ in range(2):  # the same finite step twice from the same state
+        state, metrics = step(sharding.put_replicated(after_nan, mesh),
+                              sharding.global_batch(local, mesh))
+        assert metrics["nonfinite"] == 0
+        finals.append(jax.device_get(state.params))
+    assert _max_abs_diff(finals[0], finals[1]) == 0
+    assert _max_abs_diff(finals[0], initial.params) > 1e-6
+
+    threefry = small_config()  # same everything but the dropout bits
+    step = train_step.make_train_step(model, tx, threefry, mesh, FAST_COMPILE)
+    state, _ = step(sharding.put_replicated(after_nan, mesh), sharding.global_batch(local, mesh))
+    assert _max_abs_diff(jax.device_get(state.params), finals[0]) > 1e-7
