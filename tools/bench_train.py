@@ -87,7 +87,8 @@ def _timed(step, repeats: int) -> dict:
             "step_extra_mb": round(peak - before, 1)}
 
 
-def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False) -> dict:
+def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False,
+            dropout_rng: str = "threefry") -> dict:
     import jax
 
     from oclr_jax import config_lib, optim, sharding, train_step
@@ -96,7 +97,8 @@ def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False) -> dict:
     config_file, batch, frames, height, width = SIZES[size]
     config = config_lib.load_config(os.path.join(REPO, config_file), [
         f"data.num_frames={frames}", f"data.resolution=({height}, {width})",
-        f"train.batch_size={batch}", f"model.dtype='{dtype}'", f"train.cpu_ynn_fusion={ynn}"])
+        f"train.batch_size={batch}", f"model.dtype='{dtype}'", f"train.cpu_ynn_fusion={ynn}",
+        f"train.dropout_rng='{dropout_rng}'"])
     mesh = sharding.make_data_mesh(jax.devices()[:1])
     model = model_from_config(config.model, in_channels=4)
     tx = optim.make_optimizer(config.train)
@@ -222,7 +224,8 @@ def _worker(spec: str, repeats: int) -> dict:
     framework, size, dtype = spec.split(":")
     if framework == "torch":
         return run_torch(size, repeats)
-    return run_jax(size, dtype, repeats, ynn=framework == "jaxynn")
+    return run_jax(size, dtype, repeats, ynn=framework == "jaxynn",
+                   dropout_rng="rbg" if framework == "jaxrbg" else "threefry")
 
 
 def main() -> None:
@@ -234,6 +237,9 @@ def main() -> None:
     parser.add_argument("--with_ynn", action="store_true",
                         help="also time float32 with XLA CPU's YNNPACK fusions on (XLA's "
                              "default; the trainer turns them off)")
+    parser.add_argument("--with_rbg", action="store_true",
+                        help="also time float32 with train.dropout_rng='rbg' (the default "
+                             "is threefry)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -244,6 +250,8 @@ def main() -> None:
         specs = [f"jax:{size}:{dtype}" for dtype in args.dtypes]
         if args.with_ynn:
             specs.append(f"jaxynn:{size}:float32")
+        if args.with_rbg:
+            specs.append(f"jaxrbg:{size}:float32")
         if not args.no_torch:
             specs.append(f"torch:{size}:float32")
         for spec in specs:
@@ -258,6 +266,10 @@ def main() -> None:
             results[f"{size}_speedup_vs_torch"] = round(torch_f32["step_s"] / jax_f32["step_s"], 3)
             results[f"{size}_peak_rss_ratio_vs_torch"] = round(
                 jax_f32["peak_rss_mb"] / torch_f32["peak_rss_mb"], 3)
+            rbg = results.get(f"jaxrbg_{size}_float32", {})
+            if "step_s" in rbg:
+                results[f"{size}_rbg_speedup_vs_torch"] = round(
+                    torch_f32["step_s"] / rbg["step_s"], 3)
         if size == "paper":
             for dtype in args.dtypes:
                 entry = results.get(f"jax_paper_{dtype}", {})

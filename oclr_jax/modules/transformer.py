@@ -84,8 +84,12 @@ class MultiHeadAttention(nn.Module):
         in_proj_bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * width,))
         kernel = in_proj_kernel.astype(self.dtype)
         bias = in_proj_bias.astype(self.dtype)
-        q = queries.astype(self.dtype) @ kernel[:, :width] + bias[:width]
-        kv = keys_values.astype(self.dtype) @ kernel[:, width:] + bias[width:]
+        if queries is keys_values:  # self-attention: one matmul, no slices of the kernel
+            qkv = queries.astype(self.dtype) @ kernel + bias
+            q, kv = qkv[..., :width], qkv[..., width:]
+        else:
+            q = queries.astype(self.dtype) @ kernel[:, :width] + bias[:width]
+            kv = keys_values.astype(self.dtype) @ kernel[:, width:] + bias[width:]
         k, v = kv[..., :width], kv[..., width:]
 
         def split_heads(x):  # (B, L, c) -> (B, L, G, d)
