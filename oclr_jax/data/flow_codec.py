@@ -35,8 +35,13 @@ def quantize(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantize(codes: np.ndarray, flow_range: np.ndarray) -> np.ndarray:
     """Inverse of `quantize`: `lo + q * (hi - lo) / 65535` in float32."""
     lo, hi = np.asarray(flow_range, np.float32)
-    flow = np.multiply(codes, (hi - lo) / np.float32(QUANT_LEVELS), dtype=np.float32)
-    return np.add(flow, lo, out=flow)
+    t, h, w, c = codes.shape
+    # Scale and offset tiled along W: broadcasting a length-C last axis makes numpy's inner
+    # loop C elements long (4x slower here).
+    flow = codes.reshape(t, h, w * c).astype(np.float32)
+    flow *= np.tile((hi - lo) / np.float32(QUANT_LEVELS), w)
+    flow += np.tile(lo, w)
+    return flow.reshape(t, h, w, c)
 
 
 def encode(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +53,16 @@ def encode(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def integrate(residuals: np.ndarray) -> np.ndarray:
-    """Residuals -> the 16-bit codes: cumulative sums along W and H, modulo 2^16."""
-    codes = np.cumsum(np.asarray(residuals, np.uint16), axis=2, dtype=np.uint16)
-    return np.cumsum(codes, axis=1, dtype=np.uint16, out=codes)  # In place: rows add up.
+    """Residuals -> the 16-bit codes: cumulative sums along H and W, modulo 2^16."""
+    residuals = np.asarray(residuals, np.uint16)
+    t, h, w, c = residuals.shape
+    # Rows (W * C contiguous values) added one after another, then numpy's cumsum along W:
+    # 1.5x faster than two cumsums here (numpy accumulates a middle axis slowly).
+    codes = residuals.reshape(t, h, w * c).copy()
+    for y in range(1, h):
+        np.add(codes[:, y], codes[:, y - 1], out=codes[:, y])
+    codes = codes.reshape(t, h, w, c)
+    return np.cumsum(codes, axis=2, dtype=np.uint16, out=codes)
 
 
 def decode(residuals: np.ndarray, flow_range: np.ndarray) -> np.ndarray:
