@@ -2,18 +2,25 @@
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.synth import (RenderOptions, SequenceGenerationError, SequenceSpec, generate,
                                  read_sequence, render_sequence, write_sequence)
 from oclr_jax.data.synth.__main__ import main
+from oclr_jax.data.synth.png import encode_rows, unfiltered_rows
+from oclr_jax.data.synth.writer import (SequenceWriter, davis_palette, remove_stale_staging,
+                                        staging_name)
 
 TINY = RenderOptions(resolution=(32, 48), frames=3)
 
@@ -75,6 +82,68 @@ def test_official_layout_and_round_trip(tmp_path):
     assert np.abs(back.rgb.astype(int) - seq.rgb).mean() < 8  # JPEG quality 95
     assert back.metadata["spec"]["index"] == 4 and back.metadata["order"] == [1, 0]
     assert not os.path.exists(tmp_path / ".tmp" / f"{name}") and os.listdir(tmp_path / ".tmp") == []
+
+
+def test_png_encoder_writes_what_readers_decode():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (2, 37, 53)).astype(np.uint8)
+    labels[:, 10:30, 5:40] = 2  # flat areas, as in masks
+    rows = unfiltered_rows(labels)
+    for image, image_rows in zip(labels, rows):
+        mask = (image == 2).astype(np.uint8) * 255
+        grey = encode_rows(unfiltered_rows(mask))
+        np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(grey, np.uint8), cv2.IMREAD_UNCHANGED), mask)
+        with Image.open(io.BytesIO(grey)) as decoded:
+            assert decoded.mode == "L"
+            np.testing.assert_array_equal(np.array(decoded), mask)
+        indexed = encode_rows(image_rows, davis_palette())
+        with Image.open(io.BytesIO(indexed)) as decoded:
+            assert decoded.mode == "P"
+            np.testing.assert_array_equal(np.array(decoded), image)
+            assert decoded.getpalette()[:12] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0]
+        colours = cv2.imdecode(np.frombuffer(indexed, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        np.testing.assert_array_equal(colours, davis_palette()[image])
+    with pytest.raises(ValueError, match="scanlines"):
+        encode_rows(labels[0])  # no filter bytes: not C-contiguous scanlines of W + 1
+    with pytest.raises(ValueError, match="palette"):
+        encode_rows(rows[0], np.zeros((257, 3), np.uint8))
+
+
+def test_writer_keeps_its_staging_folder_until_closed(tmp_path):
+    """Nothing is deleted per sequence (freed inodes slow file creation down on ext4 without
+    a journal): the staging folders are made once and reused, and `close` removes them."""
+    specs = [SequenceSpec("syn_val", 0, i, 1, "homography", "polygon", "homography", False) for i in range(2)]
+    staging = tmp_path / ".tmp" / staging_name()
+    with SequenceWriter(str(tmp_path)) as writer:
+        writer.write(render_sequence(specs[0], TINY))
+        inodes = {folder: os.stat(staging / folder).st_ino for folder in os.listdir(staging)}
+        assert sorted(inodes) == ["AmodalAnnotations", "Annotations", "Flows_gap-1", "Flows_gap1",
+                                  "JPEGImages", "Metadata"]
+        assert all(not os.listdir(staging / folder) for folder in inodes)  # renamed into place
+        writer.write(render_sequence(specs[1], TINY))
+        assert {folder: os.stat(staging / folder).st_ino for folder in os.listdir(staging)} == inodes
+    assert os.listdir(tmp_path / ".tmp") == []
+    assert sorted(os.listdir(tmp_path / "JPEGImages")) == ["1_00000", "1_00001"]
+
+
+def test_stale_staging_folders_are_cleared_safely(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead = tmp_path / ".tmp" / staging_name(int(finished.stdout))  # this host, process gone
+    live = tmp_path / ".tmp" / staging_name()  # this process: may still be writing
+    elsewhere = tmp_path / ".tmp" / "staging.another-host.12"
+    for root in (dead, live, elsewhere):
+        for name in ("2_00003", "1_00004"):
+            (root / "JPEGImages" / name).mkdir(parents=True)
+            (root / "JPEGImages" / name / "00000.jpg").write_bytes(b"partial")
+        (root / "Metadata").mkdir()
+        (root / "Metadata" / "2_00003.json").write_text("{}")
+    old_style = tmp_path / ".tmp" / "2_00003.oldhost.7"  # an earlier writer's temp folder
+    (old_style / "JPEGImages").mkdir(parents=True)
+    remove_stale_staging(str(tmp_path), {"2_00003"})  # about to be rewritten by the caller
+    assert not dead.exists() and not old_style.exists()
+    for root in (live, elsewhere):
+        assert os.listdir(root / "JPEGImages") == ["1_00004"] and os.listdir(root / "Metadata") == []
 
 
 def test_write_rejects_inconsistent_sequences(tmp_path):
@@ -147,6 +216,9 @@ def test_cli_generate_show_and_plan(tmp_path, capsys):
     columns = 3 + int(name[0]) + 1  # rgb, 2 flows, amodal layers, modal
     assert image is not None and image.shape[1] >= columns * 48 and image.shape[0] >= 2 * 32
     capsys.readouterr()
+    assert main(["show", out, "--seq", "9_99999", "--out", sheet]) == 2  # no such sequence
+    error = capsys.readouterr().err
+    assert "no sequence '9_99999'" in error and f"2 complete sequences, e.g. {name}" in error
     assert main(["plan", "--split", "syn_single"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["sequences"] == 256 and plan["num_objects"] == {"1": 256}

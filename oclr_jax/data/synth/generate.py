@@ -9,11 +9,11 @@ datasets.  Completed sequences (metadata JSON present) are skipped unless `resum
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
 import time
 import traceback
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from oclr_jax.data.synth.plan import SPLITS, spec_for_index
 from oclr_jax.data.synth.render import GENERATOR_VERSION, render_sequence
 from oclr_jax.data.synth.scene import RenderOptions
-from oclr_jax.data.synth.writer import TEMP_FOLDER, is_complete, write_sequence
+from oclr_jax.data.synth.writer import TEMP_FOLDER, SequenceWriter, is_complete, remove_stale_staging
 
 MANIFEST = "synth_manifest.json"
 
@@ -91,10 +91,10 @@ def check_manifest(out_dir: str, expected: dict) -> None:
     os.replace(temp, path)
 
 
-def _run(job: _Job, index: int) -> str:
+def _run(job: _Job, writer: SequenceWriter, index: int) -> str:
     spec = spec_for_index(job.split, job.seed, index)
     try:
-        return write_sequence(job.out_dir, render_sequence(spec, job.options), job.flow_images)
+        return writer.write(render_sequence(spec, job.options))
     except Exception as e:  # noqa: BLE001 - re-raised with the sequence's identity
         raise SequenceGenerationError(
             f"sequence index {index} ({spec.name}) of split {job.split} with seed {job.seed} "
@@ -102,28 +102,21 @@ def _run(job: _Job, index: int) -> str:
 
 
 _worker_job: _Job | None = None
+_worker_writer: SequenceWriter | None = None
 
 
 def _init_worker(job: _Job) -> None:
     import cv2  # one OpenCV thread per worker: the workers are the parallelism
 
     cv2.setNumThreads(1)
-    global _worker_job
+    global _worker_job, _worker_writer
     _worker_job = job
+    # Never closed: the parent removes the staging folders of its finished workers.
+    _worker_writer = SequenceWriter(job.out_dir, job.flow_images)
 
 
 def _run_in_worker(index: int) -> str:
-    return _run(_worker_job, index)
-
-
-def _remove_stale_temp(out_dir: str, names: set[str]) -> None:
-    """Deletes temporary folders of sequences about to be (re)written (left by a crash)."""
-    temp_dir = os.path.join(out_dir, TEMP_FOLDER)
-    if not os.path.isdir(temp_dir):
-        return
-    for entry in os.listdir(temp_dir):
-        if entry.split(".")[0] in names:
-            shutil.rmtree(os.path.join(temp_dir, entry), ignore_errors=True)
+    return _run(_worker_job, _worker_writer, index)
 
 
 def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed: int = 0,
@@ -148,7 +141,7 @@ def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed
     indices = list(range(shard_index, total, shard_count))
     names = {i: spec_for_index(split, seed, i).name for i in indices}
     todo = [i for i in indices if not (resume and is_complete(out_dir, names[i]))]
-    _remove_stale_temp(out_dir, {names[i] for i in todo})
+    remove_stale_staging(out_dir, {names[i] for i in todo})
     job = _Job(split, seed, out_dir, options, flow_images)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="seq", disable=not progress, dynamic_ncols=True,
@@ -156,13 +149,15 @@ def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed
     bar.set_postfix(skipped=len(indices) - len(todo))
     try:
         if workers <= 1:
-            for index in todo:
-                _run(job, index)
-                bar.update()
+            with SequenceWriter(out_dir, flow_images) as writer:
+                for index in todo:
+                    _run(job, writer, index)
+                    bar.update()
         elif todo:
             _generate_in_pool(job, todo, workers, bar)
     finally:
         bar.close()
+        remove_stale_staging(out_dir, set())  # the finished workers' staging folders
     temp_dir = os.path.join(out_dir, TEMP_FOLDER)
     if os.path.isdir(temp_dir) and not os.listdir(temp_dir):
         os.rmdir(temp_dir)
@@ -172,23 +167,32 @@ def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed
 
 def _generate_in_pool(job: _Job, todo: list[int], workers: int, bar: tqdm) -> None:
     # Fresh interpreters ('spawn'): forking a process that already runs JAX or TensorFlow
-    # threads is unsafe.  One BLAS thread per worker, set before the workers import numpy.
+    # threads is unsafe.  One BLAS thread per worker, set before the workers import numpy
+    # (they start while the tasks are submitted).  An executor rather than a Pool: when the
+    # system kills a worker (e.g. out of memory) a Pool waits forever for its task.
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})
+    executor = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(job,))
+    futures = {}
     try:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (job,))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    try:
-        for _ in pool.imap_unordered(_run_in_worker, todo):
+        try:
+            for index in todo:
+                futures[executor.submit(_run_in_worker, index)] = index
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        for future in concurrent.futures.as_completed(futures):
+            future.result()  # a SequenceGenerationError from the worker names its sequence
             bar.update()
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
+    except concurrent.futures.process.BrokenProcessPool:
+        unfinished = [index for future, index in futures.items() if future.exception() is not None]
+        raise SequenceGenerationError(
+            f"a worker process died (killed by the system, e.g. for lack of memory?) while rendering one "
+            f"of the sequences with indices {unfinished[:workers + 1]} of split {job.split} with seed "
+            f"{job.seed}") from None
     finally:
-        pool.join()
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-from oclr_jax.data.synth.geometry import apply_homography, frame_runs
+from oclr_jax.data.synth.geometry import apply_homography, frame_runs, map_in_chunks
 from oclr_jax.data.synth.spline import cell_table, evaluate_cells, invert_displacement
 
 
@@ -78,7 +78,8 @@ class DeformedHomographyMotion:
     def __post_init__(self):
         self.inverses = np.linalg.inv(self.homographies)
         self.tables = cell_table(self.displacements)
-        self.max_displacement = np.sqrt((self.displacements**2).sum(-1)).max(axis=(1, 2))  # (T,)
+        squared = self.displacements[..., 0] ** 2 + self.displacements[..., 1] ** 2  # no tiny-axis sum
+        self.max_displacement = np.sqrt(squared.max(axis=(1, 2)))  # (T,)
 
     def homography(self, t: int) -> None:
         return None  # Not a pure homography: rendered through `inverse`.
@@ -98,8 +99,15 @@ class DeformedHomographyMotion:
 
     def forward_at(self, frames: np.ndarray, points: np.ndarray) -> np.ndarray:
         """`forward` with a frame per point `(N,)`, in one pass over the sequence."""
-        dx, dy = evaluate_cells(self.tables, self.spacing, points[:, 0], points[:, 1], frames=frames)
-        return _per_frame(self.homographies, frames, points + np.stack([dx, dy], 1))
+        return _per_frame(self.homographies, frames, map_in_chunks(self._deform, points, frames))
+
+    def _deform(self, points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """`c + D_t(c)` per point."""
+        deformed = np.empty_like(points)
+        deformed[:, 0], deformed[:, 1] = evaluate_cells(self.tables, self.spacing, points[:, 0], points[:, 1],
+                                                        frames=frames)
+        deformed += points
+        return deformed
 
     def undo_homography_at(self, frames: np.ndarray, points: np.ndarray) -> np.ndarray:
         return _per_frame(self.inverses, frames, points)
@@ -112,9 +120,19 @@ class DeformedHomographyMotion:
 
 
 def _sin32(angle: np.ndarray) -> np.ndarray:
-    """sin of a float64 angle, reduced to [0, 2 pi) in float64 and evaluated in float32."""
-    turns = np.floor(angle * (0.5 / np.pi))
-    return np.sin((angle - turns * (2 * np.pi)).astype(np.float32)).astype(np.float64)
+    """sin of a float64 angle (overwritten), reduced to [0, 2 pi) in float64 and evaluated
+    in float32; returned in float32."""
+    turns = np.multiply(angle, 0.5 / np.pi)
+    np.floor(turns, out=turns)
+    turns *= 2 * np.pi
+    reduced = np.subtract(angle, turns, out=angle).astype(np.float32)
+    return np.sin(reduced, out=reduced)
+
+
+def _add_wave(base: np.ndarray, amplitude: float, angle: np.ndarray) -> np.ndarray:
+    """`base + amplitude * sin(angle)` (float64; `angle` is overwritten)."""
+    wave = np.multiply(_sin32(angle), amplitude, dtype=np.float64)
+    return np.add(base, wave, out=wave)
 
 
 @dataclasses.dataclass
@@ -140,17 +158,24 @@ class WaveHomographyMotion:
         return None
 
     def forward(self, t: int, points: np.ndarray) -> np.ndarray:
-        a, kx, pa, b, ky, pb = self.waves[t].tolist()
-        x1 = points[:, 0] + a * _sin32(kx * points[:, 1] + pa)
-        y1 = points[:, 1] + b * _sin32(ky * x1 + pb)
-        return apply_homography(self.homographies[t], np.stack([x1, y1], 1))
+        return map_in_chunks(lambda part: self._forward(t, part), points)
 
     def inverse(self, t: int, points: np.ndarray) -> np.ndarray:
+        return map_in_chunks(lambda part: self._inverse(t, part), points)
+
+    def _forward(self, t: int, points: np.ndarray) -> np.ndarray:
+        a, kx, pa, b, ky, pb = self.waves[t].tolist()
+        sheared = np.empty_like(points)
+        sheared[:, 0] = _add_wave(points[:, 0], a, kx * points[:, 1] + pa)
+        sheared[:, 1] = _add_wave(points[:, 1], b, ky * sheared[:, 0] + pb)
+        return apply_homography(self.homographies[t], sheared)
+
+    def _inverse(self, t: int, points: np.ndarray) -> np.ndarray:
         a, kx, pa, b, ky, pb = self.waves[t].tolist()
         sheared = apply_homography(self.inverses[t], points)
-        y = sheared[:, 1] - b * _sin32(ky * sheared[:, 0] + pb)
-        x = sheared[:, 0] - a * _sin32(kx * y + pa)
-        return np.stack([x, y], 1)
+        sheared[:, 1] = _add_wave(sheared[:, 1], -b, ky * sheared[:, 0] + pb)
+        sheared[:, 0] = _add_wave(sheared[:, 0], -a, kx * sheared[:, 1] + pa)
+        return sheared
 
 
 @dataclasses.dataclass

@@ -37,7 +37,14 @@ def read_sequence(split_dir: str, name: str) -> SyntheticSequence:
     """
     frames = sorted(glob.glob(os.path.join(split_dir, "JPEGImages", name, "*.jpg")))
     if not frames:
-        raise FileNotFoundError(f"{os.path.join(split_dir, 'JPEGImages', name)}: no frames")
+        where = os.path.join(split_dir, "JPEGImages", name)
+        if not os.path.isdir(where):
+            known = list_sequences(split_dir)
+            hint = (f"{len(known)} complete sequences, e.g. {', '.join(known[:5])}" if known
+                    else "no complete sequences (is it a split folder of the generator?)")
+            raise FileNotFoundError(f"no sequence {name!r} in {split_dir}: {where} does not exist; the folder "
+                                    f"holds {hint}")
+        raise FileNotFoundError(f"{where}: no frames (*.jpg)")
     if not name[:1].isdigit():
         raise ValueError(f"sequence folder {name!r} must start with its object count")
     num_objects = int(name[0])

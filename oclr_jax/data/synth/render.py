@@ -25,7 +25,7 @@ from oclr_jax.data.synth.plan import SequenceSpec
 from oclr_jax.data.synth.sampling import blend, sample_sequence
 from oclr_jax.data.synth.scene import RenderOptions, Scene, build_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: cameras kept away from the horizon (bounded backgrounds)
 BACKGROUND = -1  # label of background pixels in the visible-layer map
 
 
@@ -58,12 +58,13 @@ class SyntheticSequence:
 
 def _pair_flows(moved_next, moved_previous, pixels, frames, num_frames):
     """Forward and backward flow from the positions in the next and previous frames; the
-    ends take the negated opposite flow (the official loader's substitute)."""
-    fwd = moved_next - pixels
-    bwd = moved_previous - pixels
-    last, first = frames == num_frames - 1, frames == 0
-    fwd[last] = -bwd[last]
-    bwd[first] = -fwd[first]
+    ends take the negated opposite flow (the official loader's substitute).  `frames` is
+    sorted, so the first and last frames are runs at the ends."""
+    fwd = np.subtract(moved_next, pixels, out=moved_next)
+    bwd = np.subtract(moved_previous, pixels, out=moved_previous)
+    first_end, last_start = np.searchsorted(frames, [1, num_frames - 1])
+    np.negative(bwd[last_start:], out=fwd[last_start:])
+    np.negative(fwd[:first_end], out=bwd[:first_end])
     return fwd, bwd
 
 
@@ -149,12 +150,54 @@ def render_scene(scene: Scene) -> SyntheticSequence:
         flow_fwd, flow_bwd = _exact_flows(scene, visible, drawn if same_grid else {}, seen)
     else:
         flow_fwd, flow_bwd = estimate_flows(rgb)
-    modal = visible[..., None] == np.arange(num_objects, dtype=np.int8)
+    modal = _channels_last([visible == k for k in range(num_objects)], visible.shape)
     return SyntheticSequence(
         rgb=rgb, flow_fwd=flow_fwd, flow_bwd=flow_bwd,
-        amodal=np.ascontiguousarray(amodal.transpose(1, 2, 3, 0)), modal=modal,
+        amodal=_channels_last(list(amodal), visible.shape), modal=modal,
         order=np.arange(num_objects)[::-1].copy(), occluder=visible == num_objects,
         name=scene.spec.name, metadata=_metadata(scene))
+
+
+def _visible_points(layer_patches: list, visible: np.ndarray, label: int, with_canonical: bool):
+    """Frames `(N,)`, pixels `(N, 2)` float64 and, if asked, exact canonical coordinates
+    `(N, 2)` of every pixel where `label` is the visible layer, frame by frame."""
+    per_frame = []  # (t, row-major indices in the patch's box, their canonical coordinates, patch)
+    for t, patch in enumerate(layer_patches):
+        if patch is None:
+            continue
+        seen = (patch.window(visible[t]) == label).ravel()
+        flat = np.flatnonzero(seen)
+        canonical = None
+        if with_canonical:  # (x, y) pairs as complex items: gathering rows is much slower
+            pairs = np.ascontiguousarray(patch.canonical).view(np.complex128).reshape(-1)
+            if patch.exact_pixels is None:
+                canonical = pairs[flat]
+            else:  # exact only where coverage can reach: a superset of the visible pixels
+                canonical = pairs[seen[patch.exact_pixels]]
+                if len(canonical) != len(flat):
+                    raise RuntimeError(f"frame {t}: a visible pixel lies outside the exactly inverted set")
+        per_frame.append((t, flat, canonical, patch))
+    counts = [len(flat) for _, flat, _, _ in per_frame]
+    if not sum(counts):
+        return None
+    flat = np.concatenate([flat for _, flat, _, _ in per_frame])
+    rows, cols = np.divmod(flat, np.repeat([p.shape[1] for *_, p in per_frame], counts))
+    rows += np.repeat([p.top for *_, p in per_frame], counts)
+    cols += np.repeat([p.left for *_, p in per_frame], counts)
+    frames = np.repeat([t for t, *_ in per_frame], counts)
+    canonical = (np.concatenate([c for _, _, c, _ in per_frame]).view(np.float64).reshape(-1, 2)
+                 if with_canonical else None)
+    return frames, np.stack([cols, rows], 1).astype(np.float64), canonical
+
+
+def _channels_last(planes: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """`(T, H, W, n)` bool from n `(T, H, W)` bool planes.  OpenCV interleaves them tens of
+    times faster than numpy copies with a last axis of 1-3 elements."""
+    if not planes:
+        return np.zeros(shape + (0,), bool)
+    rows = [np.ascontiguousarray(p).view(np.uint8).reshape(-1, shape[-1]) for p in planes]
+    merged = cv2.merge(rows) if len(rows) > 1 else rows[0]
+    return merged.reshape(shape + (len(planes),)).view(bool)
 
 
 def _exact_flows(scene: Scene, visible: np.ndarray, drawn: dict, seen: dict):
@@ -168,22 +211,16 @@ def _exact_flows(scene: Scene, visible: np.ndarray, drawn: dict, seen: dict):
     for t in range(num_frames):
         _background_flow(scene, t, pixels, background[t], flow_fwd[t], flow_bwd[t])
     for label, layer in enumerate(scene.layers[1:]):
-        frames, points, canonical = [], [], []
-        for t, patch in enumerate(seen[label]):
-            if patch is None:
-                continue
-            rows, cols = np.nonzero(patch.window(visible[t]) == label)
-            if patch.canonical is not None:
-                canonical.append(patch.canonical[rows * patch.shape[1] + cols])
-            frames.append(np.full(len(rows), t))
-            points.append(np.stack([cols + patch.left, rows + patch.top], 1))
-        if not frames:
+        patches = seen[label]
+        with_canonical = any(p is not None and p.canonical is not None for p in patches)
+        found = _visible_points(patches, visible, label, with_canonical)
+        if found is None:
             continue
-        frames, points = np.concatenate(frames), np.concatenate(points).astype(np.float64)
-        canonical = np.concatenate(canonical) if canonical else None
+        frames, points, canonical = found
         fwd, bwd = _layer_flow(layer, frames, points, canonical, num_frames)
-        at = (frames, points[:, 1].astype(np.int64), points[:, 0].astype(np.int64))
-        flow_fwd[at], flow_bwd[at] = fwd, bwd
+        at = (frames * height + points[:, 1].astype(np.int64)) * width + points[:, 0].astype(np.int64)
+        for out, flow in ((flow_fwd, fwd), (flow_bwd, bwd)):  # (u, v) pairs as complex items
+            out.view(np.complex64).reshape(-1)[at] = flow.astype(np.float32).view(np.complex64).reshape(-1)
     return flow_fwd, flow_bwd
 
 

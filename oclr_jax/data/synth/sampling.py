@@ -24,14 +24,18 @@ class Patch:
     Attributes:
       top, left: the box's corner on the grid.
       rgba: `(h, w, 4)` uint8 texture and coverage (`(h, w, 3)` for the opaque background).
-      canonical: `(h*w, 2)` canonical coordinates (row-major), exact wherever coverage is
-        possible; None for layers drawn by a single homography warp.
+      canonical: exact canonical coordinates: of every pixel of the box `(h*w, 2)` (row-major)
+        when `exact_pixels` is None, else `(N, 2)` of just those pixels; None for layers drawn
+        by a single homography warp.
+      exact_pixels: `(N,)` sorted row-major indices of the box pixels that coverage can reach
+        (spline-deformed sprites; other pixels have no exact coordinates).
     """
 
     top: int
     left: int
     rgba: np.ndarray
     canonical: np.ndarray | None
+    exact_pixels: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,17 +80,17 @@ def layer_box(layer: Layer, t: int, grid: np.ndarray, size: tuple[int, int]):
     return top, left, bottom, right
 
 
-def _draw(layer: Layer, t: int, grid: np.ndarray, box, canonical: np.ndarray | None) -> Patch:
+def _draw(layer: Layer, t: int, grid: np.ndarray, box, coordinates: tuple | None) -> Patch:
     top, left, bottom, right = box
     border = cv2.BORDER_REFLECT if layer.opaque else cv2.BORDER_CONSTANT
-    if canonical is None:  # a pure homography: one perspective warp
+    if coordinates is None:  # a pure homography: one perspective warp
         matrix = translation(-left, -top) @ grid @ layer.motion.homography(t)
         rgba = cv2.warpPerspective(layer.rgba, matrix, (right - left, bottom - top),
                                    flags=cv2.INTER_LINEAR, borderMode=border)
-    else:
-        maps = canonical.astype(np.float32).reshape(bottom - top, right - left, 2)
-        rgba = cv2.remap(layer.rgba, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=border)
-    return Patch(top, left, rgba, canonical)
+        return Patch(top, left, rgba, None)
+    maps, canonical, exact_pixels = coordinates
+    rgba = cv2.remap(layer.rgba, maps, None, cv2.INTER_LINEAR, borderMode=border)
+    return Patch(top, left, rgba, canonical, exact_pixels)
 
 
 def sample_sequence(layer: Layer, grid: np.ndarray, size: tuple[int, int],
@@ -102,21 +106,25 @@ def sample_sequence(layer: Layer, grid: np.ndarray, size: tuple[int, int],
     if hasattr(motion, "inverse_at"):
         if not hasattr(layer, "support_distance"):
             layer.support_distance = support_distance(layer.rgba[..., 3])
-        canonical = deformed_canonical_boxes(motion, layer.support_distance, to_image, boxes) if boxes else {}
+        coordinates = deformed_canonical_boxes(motion, layer.support_distance, to_image, boxes) if boxes else {}
     else:
-        canonical = {}
+        coordinates = {}
         for t, (top, left, bottom, right) in boxes.items():
             if motion.homography(t) is None:
                 ys, xs = np.mgrid[top:bottom, left:right]
                 pixels = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-                canonical[t] = motion.inverse(t, apply_homography(to_image, pixels))
-    return [_draw(layer, t, grid, boxes[t], canonical.get(t)) if t in boxes else None
+                canonical = motion.inverse(t, apply_homography(to_image, pixels))
+                maps = canonical.astype(np.float32).reshape(bottom - top, right - left, 2)
+                coordinates[t] = (maps, canonical, None)
+    return [_draw(layer, t, grid, boxes[t], coordinates.get(t)) if t in boxes else None
             for t in range(num_frames)]
 
 
 def blend(canvas: np.ndarray, patch: Patch) -> None:
     """Draws a patch over a uint8 canvas in place, weighted by its coverage."""
-    region = patch.window(canvas)
     weight = patch.rgba[..., 3].astype(np.float32) * np.float32(1 / 255)
-    texture = np.ascontiguousarray(patch.rgba[..., :3])
-    region[:] = cv2.blendLinear(texture, np.ascontiguousarray(region), weight, 1 - weight)
+    texture = cv2.cvtColor(patch.rgba, cv2.COLOR_RGBA2RGB)  # contiguous copy, in C
+    region = patch.window(canvas)  # a strided view: OpenCV writes it in place
+    blended = cv2.blendLinear(texture, region, weight, 1 - weight, dst=region)
+    if not np.shares_memory(blended, region):  # an OpenCV that returned a copy instead
+        region[:] = blended

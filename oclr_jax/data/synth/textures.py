@@ -23,16 +23,21 @@ def _value_noise(rng: np.random.Generator, height: int, width: int, octaves: int
         grid_h = max(2, int(round(height / cells)))
         grid_w = max(2, int(round(width / cells)))
         grid = rng.random((grid_h, grid_w), dtype=np.float32)
-        total += amplitude * cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+        octave = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+        total += np.multiply(octave, amplitude, out=octave)
         amplitude *= 0.55
         cells /= 2.0
-    low, high = float(total.min()), float(total.max())
-    return (total - low) * np.float32(1.0 / max(high - low, 1e-6))
+    low, high = cv2.minMaxLoc(total)[:2]
+    total -= np.float32(low)
+    total *= np.float32(1.0 / max(high - low, 1e-6))
+    return total
 
 
 def _pattern(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
     """A scalar pattern `(H, W)` float32 in [0, 1]."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Coordinates as a row and a column: every expression below is separable or broadcast.
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
     if kind == "noise":
         return _value_noise(rng, height, width, 4, rng.uniform(6, 24))
     if kind in ("stripes", "checks"):
@@ -57,7 +62,9 @@ def _pattern(rng: np.random.Generator, kind: str, height: int, width: int) -> np
         num_seeds = int(rng.integers(6, 24))
         seeds = rng.random((num_seeds, 2)) * [width, height]
         small = np.mgrid[0:height:4, 0:width:4].astype(np.float32)
-        distance = np.min(np.hypot(small[1][..., None] - seeds[:, 0], small[0][..., None] - seeds[:, 1]), -1)
+        distance = np.hypot(small[1] - seeds[0, 0], small[0] - seeds[0, 1])
+        for seed_x, seed_y in seeds[1:]:
+            np.minimum(distance, np.hypot(small[1] - seed_x, small[0] - seed_y), out=distance)
         distance = cv2.resize(distance.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
         return (distance / rng.uniform(6, 16)) % 1.0
     raise ValueError(f"unknown texture pattern {kind!r}; expected one of {PATTERNS}")
@@ -68,15 +75,21 @@ def procedural_texture(rng: np.random.Generator, height: int, width: int) -> np.
     kind = PATTERNS[int(rng.integers(len(PATTERNS)))]
     scalar = _pattern(rng, kind, height, width)
     detail = _value_noise(rng, height, width, 3, rng.uniform(3, 8))
-    levels = np.clip((0.75 * scalar + 0.25 * detail) * 255.0, 0, 255).astype(np.uint8)
+    mixed = np.multiply(scalar, 0.75)  # float64 for the stripe patterns, as they come
+    mixed += np.multiply(detail, 0.25, out=detail)
+    mixed *= 255.0
+    levels = np.clip(mixed, 0, 255, out=mixed).astype(np.uint8)
     num_colours = int(rng.integers(2, 5))
     palette = rng.uniform(0, 255, size=(num_colours, 3))
     stops = np.linspace(0, 255, num_colours)
     lookup = np.stack([np.interp(np.arange(256), stops, palette[:, c]) for c in range(3)], -1)
-    rgb = lookup.astype(np.float32)[levels]  # (H, W, 3): the palette through a lookup table
-    tint = _value_noise(rng, height, width, 2, rng.uniform(16, 48))[..., None]
-    rgb *= 0.75 + 0.5 * tint  # slow brightness variation over the surface
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    # (H, W, 3): the palette through a lookup table (OpenCV: numpy is slow with 3 channels).
+    rgb = cv2.LUT(cv2.cvtColor(levels, cv2.COLOR_GRAY2RGB), lookup.astype(np.float32).reshape(1, 256, 3))
+    tint = _value_noise(rng, height, width, 2, rng.uniform(16, 48))
+    brightness = np.multiply(tint, 0.5, out=tint)
+    brightness += 0.75  # slow brightness variation over the surface
+    rgb = cv2.multiply(rgb, cv2.cvtColor(brightness, cv2.COLOR_GRAY2RGB), dst=rgb)
+    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)
 
 
 def crop_texture(rng: np.random.Generator, image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -19,6 +19,7 @@ OBJECT_MAX_SPEED = 0.025  # of the image width per frame
 OBJECT_MAX_ROTATION = np.radians(2.5)
 OBJECT_MAX_ZOOM = 0.012
 MAX_TILT = 0.25  # perspective term times the half-size: up to 25 % foreshortening
+MIN_VIEW_WEIGHT = 0.5  # camera views stay this far from the horizon (see `view_weight_ratio`)
 
 
 def object_time(num_frames: int, stationary_transitions: tuple[int, ...]) -> np.ndarray:
@@ -46,10 +47,37 @@ def camera_homographies(rng: np.random.Generator, num_frames: int,
     tilt_rate = rng.uniform(-1, 1, 2) * MAX_TILT / max(num_frames, 30)
     tilt = (tilt_start[None] + tilt_rate[None] * t[:, None]) / (np.array([width, height]) / 2)
     centre = ((width - 1) / 2, (height - 1) / 2)
-    return np.stack([
-        pose_homography(centre[0] + shift[i, 0], centre[1] + shift[i, 1], angle[i], zoom[i],
-                        tilt[i, 0], tilt[i, 1], centre)
-        for i in range(num_frames)])
+
+    def poses(tilt):
+        return np.stack([pose_homography(centre[0] + shift[i, 0], centre[1] + shift[i, 1], angle[i],
+                                         zoom[i], tilt[i, 0], tilt[i, 1], centre)
+                         for i in range(num_frames)])
+
+    # The tilt pivots about a fixed canonical point while the view pans away from it: a view
+    # that comes close to the plane's horizon would look up a nearly infinite background.
+    # Such a sequence's tilt is halved until every frame keeps MIN_VIEW_WEIGHT (others are
+    # untouched).
+    homographies = poses(tilt)
+    for _ in range(16):
+        if view_weight_ratio(homographies, image_size) >= MIN_VIEW_WEIGHT:
+            break
+        tilt = tilt * 0.5
+        homographies = poses(tilt)
+    return homographies
+
+
+def view_weight_ratio(homographies: np.ndarray, image_size: tuple[int, int]) -> float:
+    """The smallest ratio, over frames and image corners, of the projective weight of the
+    image -> canonical map at a corner to that at the image centre: 1 without perspective,
+    0 where the horizon enters the view (-inf if the centre looks beyond it)."""
+    height, width = image_size
+    corners = np.array([[-0.5, -0.5, 1.0], [width - 0.5, -0.5, 1.0], [-0.5, height - 0.5, 1.0],
+                        [width - 0.5, height - 0.5, 1.0]])
+    weights = np.linalg.inv(homographies)[:, 2]  # (T, 3): the projective row of each inverse
+    at_centre = weights @ np.array([(width - 1) / 2, (height - 1) / 2, 1.0])
+    if np.any(at_centre <= 0):
+        return -np.inf
+    return float((weights @ corners.T / at_centre[:, None]).min())
 
 
 def object_poses(rng: np.random.Generator, tau: np.ndarray, image_size: tuple[int, int],
