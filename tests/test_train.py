@@ -44,24 +44,45 @@ def test_sharded_step_equals_single_device_step():
     for name, mesh in (("one", one), ("eight", eight)):  # two updates each
         step = train_step.make_train_step(model, tx, config, mesh, FAST_COMPILE)
         state = sharding.put_replicated(host_state, mesh)
+        states, metrics_per_step = [], []
         for _ in range(2):
             batch = sharding.global_batch(train_step.select_keys(local, train_step.TRAIN_KEYS),
                                           mesh)
             state, metrics = step(state, batch)
-        results[name] = jax.device_get((state, metrics))
-    (state_one, metrics_one), (state_eight, metrics_eight) = results["one"], results["eight"]
-    assert metrics_one["nonfinite"] == 0
-    for term in ("loss", "amodal_bce", "boundary", "order", "modal", "grad_norm"):
-        np.testing.assert_allclose(metrics_eight[term], metrics_one[term], rtol=1e-5)
+            states.append(jax.device_get(state))
+            metrics_per_step.append(jax.device_get(metrics))
+        results[name] = (states, metrics_per_step)
+    (states_one, metrics_one), (states_eight, metrics_eight) = results["one"], results["eight"]
+    state_one, state_eight = states_one[-1], states_eight[-1]
+    assert metrics_one[0]["nonfinite"] == metrics_one[1]["nonfinite"] == 0
+    terms = ("loss", "amodal_bce", "boundary", "order", "modal", "grad_norm")
+    # Step 1 starts from identical params: only the cross-device sums round differently.
+    for term in terms:
+        np.testing.assert_allclose(metrics_eight[0][term], metrics_one[0][term], rtol=1e-5)
+    # Step 2 starts from params one Adam update apart, and Adam's first update is lr * g / |g|:
+    # gradients that are zero up to rounding can flip sign (seen: loss 0.434928 vs 0.434920).
+    for term in terms:
+        np.testing.assert_allclose(metrics_eight[1][term], metrics_one[1][term], rtol=1e-4)
     assert _max_abs_diff(state_one.params, state_eight.params) < 1e-5
     assert _max_abs_diff(state_one.params, host_state.params) > 1e-6  # the params did move
-    # Adam's moments are (running averages of) the clipped gradients, element by element.  The
-    # cross-device sum rounds differently, and some gradients are zero up to rounding (the
-    # order head's last bias shifts every order value alike), so compare on the global scale.
-    for moment in ("mu", "nu"):
-        flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(
-            getattr(state.opt_state[1][0], moment))]) for state in (state_one, state_eight)]
-        np.testing.assert_allclose(flat[1], flat[0], rtol=1e-3, atol=1e-4 * np.abs(flat[0]).max())
+    # Adam's moments are (running averages of) the clipped gradients, element by element.  They
+    # are compared on the global scale, not element by element: the cross-device sum rounds
+    # differently, some gradients are zero up to rounding (the order head's last bias shifts
+    # every order value alike), and at initialisation the layers' predictions are nearly equal,
+    # so near-tied matching costs can hand a nearly equal gradient to a different layer.  Seen
+    # (AMD EPYC, 2026-12-06): relative L2 difference 1e-3, largest element difference 2.3e-4 of
+    # the largest element.  A real sharding bug (a missing or doubled cross-device sum, one
+    # device's examples dropped) changes both by the order of the gradient itself.
+    for step_index in range(2):
+        for moment in ("mu", "nu"):
+            flat_one, flat_eight = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(
+                getattr(states[step_index].opt_state[1][0], moment))])
+                for states in (states_one, states_eight)]
+            where = f"{moment} after step {step_index + 1}"
+            relative_l2 = np.linalg.norm(flat_eight - flat_one) / np.linalg.norm(flat_one)
+            assert relative_l2 < 1e-2, (where, relative_l2)
+            np.testing.assert_allclose(flat_eight, flat_one, rtol=1e-2,
+                                       atol=2e-3 * np.abs(flat_one).max(), err_msg=where)
 
 
 def _batches_with_sigterm_at(step_to_kill):
