@@ -203,18 +203,19 @@ def _train_loop(config, state, batches, train_step, eval_step, val_batches, mana
                 progress.set_postfix(loss=f"{summary['loss']:.4f}",
                                      lr=f"{summary['learning_rate']:.2e}")
                 _write(writer, "train", summary, step)
+            preempted = preemption.reached(step)
+            # Saved before Syn-Val runs, so a failing evaluation loses no training.
+            if step % int(train.checkpoint_every) == 0 or step == last_step or preempted:
+                save_state(manager, state)
+            if preempted:
+                logging.warning("preemption (SIGTERM): saved step %d, exiting", step)
+                break
             if eval_step and (step % int(train.eval_every) == 0 or step == num_steps):
                 results = evaluate(eval_step, state.params, val_batches(
                     config, process_index=jax.process_index(),
                     process_count=jax.process_count()), mesh)
                 logging.info("step %d Syn-Val %s", step, results)
                 _write(writer, "val", results, step)
-            preempted = preemption.reached(step)
-            if step % int(train.checkpoint_every) == 0 or step == last_step or preempted:
-                save_state(manager, state)
-            if preempted:
-                logging.warning("preemption (SIGTERM): saved step %d, exiting", step)
-                break
     return state, preempted
 
 
@@ -239,6 +240,8 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     compiler_options = compiler_options_for(config, compiler_options)
     train_batches = train_batches or train_data.make_train_batches
     val_batches = val_batches or train_data.make_val_batches
+    if config.train.eval_every and val_batches is train_data.make_val_batches:
+        train_data.check_val_source(config)  # fail now, not at the first evaluation
     os.makedirs(workdir, exist_ok=True)
     write_config_record(config, workdir)
     mesh = sharding.make_data_mesh(devices)

@@ -132,6 +132,30 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
                                  train_batches=moving_squares_batches)  # fails before compiling
 
 
+def test_syn_val_problems_fail_early_or_lose_no_training(tmp_path):
+    from tests import official_fixtures as fx
+
+    val_dir = str(tmp_path / "syn_val")
+    fx.write_split(val_dir, num_sequences=2, num_frames=2, height=32, width=32)
+    config = small_config("train.num_steps=1", "train.eval_every=1", "train.eval_num_sequences=3")
+    config.data.val_dir = val_dir
+    workdir = tmp_path / "too_few"
+    with pytest.raises(ValueError, match=r"eval_num_sequences=3 .*has 2 sequences"):
+        train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1],
+                                 train_batches=moving_squares_batches)
+    assert not workdir.exists()  # failed before initialising or compiling anything
+
+    def failing_val_batches(config, *, process_index, process_count):
+        raise RuntimeError("Syn-Val unreadable")
+
+    workdir = tmp_path / "eval_fails"
+    with pytest.raises(RuntimeError, match="Syn-Val unreadable"):
+        train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1],
+                                 train_batches=moving_squares_batches,
+                                 val_batches=failing_val_batches, compiler_options=FAST_COMPILE)
+    assert os.listdir(workdir / "checkpoints") == ["1"]  # the step was saved before Syn-Val
+
+
 def test_batch_size_must_split_over_devices():
     mesh = sharding.make_data_mesh()
     with pytest.raises(ValueError, match="multiple of 8"):
