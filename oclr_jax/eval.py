@@ -212,25 +212,27 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
         value = eval_outputs.format_value(row.get(column))
         bar.set_postfix_str(f"{row['sequence']} {column}={value}")
 
-    records = (benchmark.read_sequence(n) for n in todo)
-    if model_mode:
-        if predictor is None:
-            predictor = inference.WindowPredictor(predict_fn, options.batch_size, params,
-                                                  options.threshold,
-                                                  with_amodal=options.dataset == "synval")
-        elif predictor.with_amodal != (options.dataset == "synval"):
-            raise ValueError("the predictor must return amodal masks for synval (only)")
-        for prediction in inference.predict_sequences(records, predictor, options.gaps,
-                                                      options.resolution, options.window,
-                                                      options.unpad_flow):
-            labels, amodal = assemble_prediction(prediction, options.upsample)
-            done(_finish_sequence(options, prediction.record, labels, amodal,
-                                  prediction.num_layers, key))
-    else:
-        for record in records:
-            labels, amodal = eval_outputs.read_prediction_masks(options.predictions_dir, record)
-            done(_finish_sequence(options, record, labels, amodal, None, key))
-    bar.close()
+    try:  # the bar ends its line even when a sequence fails, so the error reads clearly
+        records = (benchmark.read_sequence(n) for n in todo)
+        if model_mode:
+            if predictor is None:
+                predictor = inference.WindowPredictor(predict_fn, options.batch_size, params,
+                                                      options.threshold,
+                                                      with_amodal=options.dataset == "synval")
+            elif predictor.with_amodal != (options.dataset == "synval"):
+                raise ValueError("the predictor must return amodal masks for synval (only)")
+            for prediction in inference.predict_sequences(records, predictor, options.gaps,
+                                                          options.resolution, options.window,
+                                                          options.unpad_flow):
+                labels, amodal = assemble_prediction(prediction, options.upsample)
+                done(_finish_sequence(options, prediction.record, labels, amodal,
+                                      prediction.num_layers, key))
+        else:
+            for record in records:
+                labels, amodal = eval_outputs.read_prediction_masks(options.predictions_dir, record)
+                done(_finish_sequence(options, record, labels, amodal, None, key))
+    finally:
+        bar.close()
     ordered = [rows[n] for n in benchmark.sequences]
     results = {"dataset": options.dataset,
                "summary": scoring.summarize(options.dataset, ordered),
