@@ -310,12 +310,24 @@ def load_run_config(args, overrides: Sequence[str]):
         config.tta = defaults.tta
     for assignment in overrides:
         apply_override(config, assignment)
+    if _read_as_torch(args.checkpoint, args.model_source):
+        # A state dict records the architecture only: say which data settings were assumed.
+        print(f"note: {args.checkpoint} holds no data settings; evaluating with the paper's "
+              f"unless overridden: resolution {tuple(config.data.resolution)}, window "
+              f"{config.eval.window}, gaps {tuple(config.data.gaps)} (e.g. "
+              f"--config.data.resolution='(64, 112)' --config.eval.window=8)", file=sys.stderr)
     expected = 2 * len(config.data.gaps)
     if model.in_channels is not None and model.in_channels != expected:
         raise CheckpointError(
             f"{args.checkpoint}: the model reads {model.in_channels} flow channels but "
             f"config.data.gaps={tuple(config.data.gaps)} gives {expected}")
     return config, inference.model_predict_fn(model), params, os.path.abspath(args.checkpoint)
+
+
+def _read_as_torch(path: str, model_source: str) -> bool:
+    from oclr_jax.checkpoint import is_torch_checkpoint
+
+    return model_source == "torch" or (model_source == "auto" and is_torch_checkpoint(path))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

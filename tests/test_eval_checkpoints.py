@@ -86,7 +86,10 @@ def test_official_torch_checkpoint_matches_torch_model(segtrack, tmp_path, capsy
     code = oclr_eval.main(["--dataset", "segtrackv2", "--data-dir", str(segtrack), "--checkpoint",
                            str(path), "--model-source", "torch", "--out", str(out),
                            "--sequences", "all", *SIZE_ARGS])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # A state dict has no data settings: the command says which it used.
+    assert f"{path} holds no data settings" in err and f"resolution ({ef.H}, {ef.W})" in err
     # The saved (merged) masks equal the PyTorch model's own thresholded output.
     record = Benchmark("segtrackv2", str(segtrack), sequences="all").read_sequence("worm")
     for start in (0, 2):  # windows of 4 frames: 0-3, then 2-5 aligned to the end
