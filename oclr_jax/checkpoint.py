@@ -110,6 +110,11 @@ def is_torch_checkpoint(path: str) -> bool:
     return os.path.isfile(path) and path.lower().endswith(TORCH_EXTENSIONS)
 
 
+def reads_as_torch(path: str, model_source: str = "auto") -> bool:
+    """Whether `load_checkpoint(path, model_source)` reads a PyTorch state dict."""
+    return model_source == "torch" or (model_source == "auto" and is_torch_checkpoint(path))
+
+
 def resolve_checkpoint_dir(path: str) -> str:
     """`path` itself if it holds config.json, else its exported `model/` (a training workdir)."""
     for candidate in (path, os.path.join(path, "model")):
@@ -131,7 +136,7 @@ def load_checkpoint(path: str, model_source: str = "auto"):
         raise ValueError(f"model_source must be auto, flax or torch; got {model_source!r}")
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint does not exist")
-    if model_source == "torch" or (model_source == "auto" and is_torch_checkpoint(path)):
+    if reads_as_torch(path, model_source):
         return _load_torch(path)
     import orbax.checkpoint as ocp
 

@@ -298,7 +298,7 @@ def load_run_config(args, overrides: Sequence[str]):
     defaults = load_config("oclr_paper.py")
     if args.predictions:
         return load_config(args.config, overrides), None, None, os.path.abspath(args.predictions)
-    from oclr_jax.checkpoint import CheckpointError, load_checkpoint
+    from oclr_jax.checkpoint import CheckpointError, load_checkpoint, reads_as_torch
 
     model, params, config = load_checkpoint(args.checkpoint, model_source=args.model_source)
     if "eval" not in config:
@@ -310,7 +310,7 @@ def load_run_config(args, overrides: Sequence[str]):
         config.tta = defaults.tta
     for assignment in overrides:
         apply_override(config, assignment)
-    if _read_as_torch(args.checkpoint, args.model_source):
+    if reads_as_torch(args.checkpoint, args.model_source):
         # A state dict records the architecture only: say which data settings were assumed.
         print(f"note: {args.checkpoint} holds no data settings; evaluating with the paper's "
               f"unless overridden: resolution {tuple(config.data.resolution)}, window "
@@ -322,12 +322,6 @@ def load_run_config(args, overrides: Sequence[str]):
             f"{args.checkpoint}: the model reads {model.in_channels} flow channels but "
             f"config.data.gaps={tuple(config.data.gaps)} gives {expected}")
     return config, inference.model_predict_fn(model), params, os.path.abspath(args.checkpoint)
-
-
-def _read_as_torch(path: str, model_source: str) -> bool:
-    from oclr_jax.checkpoint import is_torch_checkpoint
-
-    return model_source == "torch" or (model_source == "auto" and is_torch_checkpoint(path))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

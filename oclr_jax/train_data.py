@@ -137,13 +137,14 @@ def check_val_source(config) -> None:
     """Raises now, before any training, what Syn-Val evaluation would raise at its first run:
     a missing or unreadable val source, or fewer sequences than `train.eval_num_sequences`."""
     if data_source(config) != "synthetic_inline":
-        _open_val_source(config, int(config.train.eval_num_sequences))
+        _open_val_source(_val_pipeline_config(config), int(config.train.eval_num_sequences))
 
 
-def _open_val_source(config, num_examples: int):
+def _open_val_source(val_config, num_examples: int):
+    """The source `_val_pipeline_config` names, checked to hold `num_examples` sequences."""
     from oclr_jax.data import input_pipeline
 
-    source = input_pipeline.open_train_source(_val_pipeline_config(config))
+    source = input_pipeline.open_train_source(val_config)
     if num_examples > source.num_examples:
         raise ValueError(f"train.eval_num_sequences={num_examples} but {source.description} "
                          f"has {source.num_examples} sequences: generate more, or evaluate "
@@ -156,7 +157,7 @@ def _pipeline_val_batches(config, num_examples: int, process_index: int,
     from oclr_jax.data import input_pipeline
 
     val_config = _val_pipeline_config(config)
-    source = _open_val_source(config, num_examples)
+    source = _open_val_source(val_config, num_examples)
     # Without shuffling, this process's stream is its examples (index % processes == p) in
     # ascending order, repeated: the first `mine` elements are exactly its examples below
     # num_examples; later rows are padding.
