@@ -1,20 +1,17 @@
 """RAFT weights: the table against the model, round trips bit-exact, bad state dicts refused by name."""
 
-import jax
 import numpy as np
 import pytest
 
 from oclr_jax.flow import convert, weights
 from oclr_jax.flow.raft import RAFT, init_variables
+from raft_fixtures import random_variables
 from oclr_jax.port.convert import PortError, flatten_params
 
 
 @pytest.fixture(scope="module")
 def flax_variables():
-    variables = jax.tree.map(np.asarray, init_variables(RAFT(), jax.random.key(0)))
-    rng = np.random.default_rng(0)  # non-trivial running statistics
-    stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32), variables["batch_stats"])
-    return {"params": variables["params"], "batch_stats": stats}
+    return random_variables(seed=0)  # non-trivial running statistics
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +22,14 @@ def state_dict(flax_variables):
         if rule.kind == "counter_alias":
             counters[rule.torch_name] = counters[rule.torch_name.replace("downsample.1", "norm3")]
     return convert.flax_to_torch_state_dict(flax_variables, counters)
+
+
+def test_init_tree_is_the_table(flax_variables):
+    import jax
+
+    variables = jax.eval_shape(lambda: init_variables(RAFT(), jax.random.key(0)))
+    shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in flatten_params(dict(tree)).items()}
+    assert shapes(variables) == shapes(flax_variables)
 
 
 def test_table_covers_the_model_exactly():

@@ -291,4 +291,4 @@ def make_flow_fn(model: RAFT, iters: int = 20, corr_impl: str = "all_pairs"):
 def init_variables(model: RAFT, rng: jax.Array, height: int = 128, width: int = 128):
     """Randomly initialised {'params', 'batch_stats'} (the sizes do not depend on H, W)."""
     image = jnp.zeros((1, height, width, 3), jnp.float32)
-    return model.init(rng, image, image, iters=1)
+    return jax.jit(functools.partial(model.init, iters=1))(rng, image, image)
