@@ -59,22 +59,3 @@ def write_frames(folder: str, frames: np.ndarray, ext: str = ".jpg") -> list:
         Image.fromarray(frame).save(path, quality=95) if ext == ".jpg" else Image.fromarray(frame).save(path)
         paths.append(path)
     return paths
-
-
-def random_variables(seed: int = 0) -> dict:
-    """Flax RAFT variables {'params', 'batch_stats'} with random values, built from the
-    conversion table's shapes (no model init, so it takes no compilation); variances positive."""
-    from oclr_jax.flow import convert
-    from oclr_jax.port.convert import unflatten_params
-
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for rule in convert.conversion_table():
-        if rule.kind not in ("conv", "copy"):
-            continue
-        fan_in = int(np.prod(rule.flax_shape[:-1])) if rule.kind == "conv" else 1
-        value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), rule.flax_shape)
-        if rule.flax_path[-1] in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, rule.flax_shape)
-        flat[rule.flax_name] = value.astype(np.float32)
-    return unflatten_params(flat)

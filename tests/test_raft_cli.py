@@ -11,10 +11,10 @@ import pytest
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import Benchmark
-from oclr_jax.flow import padding, raft, weights
+from oclr_jax.flow import convert, padding, raft, weights
 from oclr_jax.flow.frames import read_image
 from oclr_jax.inference import load_window_flow
-from raft_fixtures import moving_frames, random_variables, write_frames
+from raft_fixtures import moving_frames, write_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--iters", "2", "--pairs-per-device", "1", "--no-progress"]
@@ -36,7 +36,7 @@ def assert_user_error(result, *fragments):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random-weight RAFT checkpoint in our .npz export (no torch, no download)."""
-    variables = random_variables(seed=3)
+    variables = convert.random_variables(seed=3)
     path = str(tmp_path_factory.mktemp("weights") / "raft-random.npz")
     weights.save_raft_variables(variables, path)
     return path, variables

@@ -5,13 +5,12 @@ import pytest
 
 from oclr_jax.flow import convert, weights
 from oclr_jax.flow.raft import RAFT, init_variables
-from raft_fixtures import random_variables
 from oclr_jax.port.convert import PortError, flatten_params
 
 
 @pytest.fixture(scope="module")
 def flax_variables():
-    return random_variables(seed=0)  # non-trivial running statistics
+    return convert.random_variables(seed=0)  # non-trivial running statistics
 
 
 @pytest.fixture(scope="module")

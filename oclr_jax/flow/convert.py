@@ -234,3 +234,20 @@ def flax_to_torch_state_dict(variables: Mapping[str, Any], counters: Optional[Ma
         value = value.transpose(3, 2, 0, 1) if rule.kind == "conv" else value
         state_dict[rule.torch_name] = np.array(value, dtype=np.float32, order="C", copy=True)
     return state_dict
+
+
+def random_variables(seed: int = 0) -> dict:
+    """Flax RAFT variables {'params', 'batch_stats'} with random values, shaped by the table (no
+    model init, so no compilation): for tests and benchmarks.  Kernels ~ N(0, 1/fan_in), norm
+    scales and running variances uniform in [0.5, 1.5], other tensors ~ N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for rule in conversion_table():
+        if rule.kind not in ("conv", "copy"):
+            continue
+        fan_in = int(np.prod(rule.flax_shape[:-1])) if rule.kind == "conv" else 1
+        value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), rule.flax_shape)
+        if rule.flax_path[-1] in ("var", "scale"):
+            value = rng.uniform(0.5, 1.5, rule.flax_shape)
+        flat[rule.flax_name] = value.astype(np.float32)
+    return unflatten_params(flat)
