@@ -20,11 +20,13 @@ from typing import Optional
 
 import numpy as np
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                  "demo_checkpoint")
+from oclr_jax.errors import UserError
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "assets", "demo_checkpoint")
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError, RuntimeError):
     """The demo's input cannot be used (unreadable or too short video, missing checkpoint)."""
 
 
@@ -143,7 +145,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     import jax.numpy as jnp
 
     from oclr_jax.compose import compose_modal, front_to_back
-    from oclr_jax.inference import cut_windows, stitch, upsample_layers
+    from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
 
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     windows = cut_windows(len(flow), window)
@@ -166,7 +168,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
 
 def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     """J per ground-truth object for modal and amodal masks, layers matched by modal IoU."""
-    from oclr_jax.metrics import iou_matrix, match_layers_to_objects
+    from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
 
     to_tk = lambda m: np.moveaxis(m, -1, 1)  # (N, H, W, K) -> (N, K, H, W)
     object_of_layer = match_layers_to_objects(to_tk(prediction.modal), to_tk(clip.gt_modal))
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.report import write_report
+    from oclr_jax.demo.report import write_report
 
     if not os.path.exists(args.checkpoint):
         raise DemoError(f"{args.checkpoint}: checkpoint not found")
@@ -238,10 +240,3 @@ def main(argv=None) -> int:
     print(f"open {os.path.join(os.path.abspath(args.out), 'index.html')}")
     return 0
 
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DemoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
