@@ -9,7 +9,8 @@ INPUT/Flows_gap{g}/ by default, where `python -m oclr_jax.eval` reads them), a f
 folders, one sequence folder, or a video (these need --out).  Output:
 OUT/Flows_gap{g}/<seq>/<frame>.flo for every gap; frames padded to multiples of 8 as RAFT's
 InputPadder does and the flow kept at the padded size.  Finished files are skipped, so rerunning
-resumes.  Exit status 2 on a bad input or checkpoint (nothing half-written).  See docs/flow.md.
+resumes; Ctrl-C or SIGTERM stops after the current batch.  Exit status 2 on a bad input or
+checkpoint (nothing half-written).  See docs/flow.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import argparse
 import json
 import os
 import sys
+
+from oclr_jax.errors import StopSignal, UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A wrong combination of flags."""
 
 
@@ -104,9 +107,10 @@ def main(argv=None) -> int:
     total = sum(len(job.pairs) for (jobs, _), _ in planned for job in jobs)
     skipped = sum(s for (_, s), _ in planned)
     written = 0
-    with tqdm(total=total, desc=f"flow ({estimator.name})", unit="pair", disable=args.no_progress) as bar:
+    with StopSignal() as stop, tqdm(total=total, desc=f"flow ({estimator.name})", unit="pair",
+                                    disable=args.no_progress) as bar:
         for (jobs, _), out in planned:
-            written += run.run_jobs(jobs, out, estimator, bar)
+            written += run.run_jobs(jobs, out, estimator, bar, stop)
     print(json.dumps({"method": estimator.name, "gaps": args.gaps, "written": written,
                       "skipped_existing": skipped,
                       "sequences": sum(len(s) for s, _ in targets),
@@ -114,20 +118,5 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run() -> int:
-    from oclr_jax.flow.frames import FramesError
-    from oclr_jax.flow.run import FlowRunError
-    from oclr_jax.port.convert import PortError
-
-    try:
-        return main()
-    except (UsageError, FramesError, FlowRunError, PortError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(_run())
+    sys.exit(run_cli(main))

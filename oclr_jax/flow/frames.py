@@ -22,11 +22,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from oclr_jax.errors import UserError
+
 FRAME_PATTERNS = ("*.png", "*.jpg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
-class FramesError(ValueError):
+class FramesError(UserError, ValueError):
     """The input frames cannot be used; the message names the file or folder and the fix."""
 
 

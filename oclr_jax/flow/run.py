@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
 from oclr_jax.data.flow_io import write_flo
+from oclr_jax.errors import UserError
 from oclr_jax.flow import padding
 from oclr_jax.flow.frames import FramesError, FrameSequence, output_path, plan_pairs
 
 _FLO_HEADER_BYTES = 12
 
 
-class FlowRunError(ValueError):
+class FlowRunError(UserError, ValueError):
     """The job cannot go on (existing files in the way, a non-finite flow); the message says why."""
 
 
@@ -125,8 +127,10 @@ def plan_jobs(sequences: Sequence[FrameSequence], gaps: Sequence[int], out_root:
     return jobs, skipped
 
 
-def run_jobs(jobs: Sequence[Job], out_root: str, estimator, progress=None) -> int:
-    """Computes and writes every pair of `jobs`; returns the number of files written."""
+def run_jobs(jobs: Sequence[Job], out_root: str, estimator, progress=None, stop=None) -> int:
+    """Computes and writes every pair of `jobs`; returns the number of files written.  With a
+    `StopSignal`, stops between batches once it is set (every written file is complete, so the
+    same command resumes)."""
     written = 0
     for job in jobs:
         cache: dict[int, np.ndarray] = {}
@@ -138,6 +142,10 @@ def run_jobs(jobs: Sequence[Job], out_root: str, estimator, progress=None) -> in
             return cache[index]
 
         for start in range(0, len(job.pairs), estimator.batch_size):
+            if stop is not None and stop.is_set():
+                print(f"stopping: {written} flow files written in this run; rerun the same command to "
+                      "resume", file=sys.stderr)
+                stop.raise_if_set()
             chunk = job.pairs[start:start + estimator.batch_size]
             images1 = np.stack([frame(p.first) for p in chunk])
             images2 = np.stack([frame(p.second) for p in chunk])
