@@ -163,3 +163,27 @@ def test_bad_flags_give_clear_errors(tmp_path, args, message):
 def test_out_is_required_outside_a_dataset_root(tmp_path):
     write_frames(str(tmp_path / "seq"), moving_frames(2, 128, 128), ".png")
     assert_user_error(run_cli(tmp_path / "seq", "--method", "dis"), "--out is required")
+
+
+def test_stop_between_batches_keeps_finished_files_and_resumes(tmp_path, capsys):
+    from oclr_jax.errors import Interrupted, StopSignal
+    from oclr_jax.flow import frames, run
+
+    write_frames(str(tmp_path / "seq"), moving_frames(4, 64, 64), ".png")
+    sequence = frames.folder_sequence(str(tmp_path / "seq"))
+    estimator = run.DisEstimator()
+    estimator.batch_size = 1
+    jobs, skipped = run.plan_jobs([sequence], [1], str(tmp_path / "out"), estimator)
+    assert skipped == 0 and len(jobs[0].pairs) == 3
+    stop = StopSignal()
+
+    class SignalAfterFirstBatch:  # stands in for the progress bar: SIGTERM arrives mid-run
+        def update(self, _):
+            stop.event.set()
+
+    with pytest.raises(Interrupted):
+        run.run_jobs(jobs, str(tmp_path / "out"), estimator, SignalAfterFirstBatch(), stop)
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert flo_names(tmp_path / "out") == ["Flows_gap1/seq/00000.flo"]
+    jobs, skipped = run.plan_jobs([sequence], [1], str(tmp_path / "out"), estimator)
+    assert skipped == 1 and [p.out_stem for p in jobs[0].pairs] == ["00001", "00002"]
