@@ -85,7 +85,8 @@ def _encoder(name, output_dim, batch_norm):
     rules += _conv(f"{name}.conv1", (name, "conv1"), 64, 3, 7, 7)
     in_planes = 64
     for layer, (planes, stride) in enumerate(((64, 1), (96, 2), (128, 2)), start=1):
-        rules += _residual_block(f"{name}.layer{layer}.0", (name, f"layer{layer}_0"), in_planes, planes, stride, batch_norm)
+        rules += _residual_block(f"{name}.layer{layer}.0", (name, f"layer{layer}_0"), in_planes, planes, stride,
+                                 batch_norm)
         rules += _residual_block(f"{name}.layer{layer}.1", (name, f"layer{layer}_1"), planes, planes, 1, batch_norm)
         in_planes = planes
     rules += _conv(f"{name}.conv2", (name, "conv2"), output_dim, 128, 1, 1)
@@ -101,7 +102,8 @@ def conversion_table() -> list:
         rules += _conv(f"update_block.encoder.{name}", enc + (name,), out_ch, in_ch, k, k)
     for suffix, (kh, kw) in (("1", (1, 5)), ("2", (5, 1))):
         for gate in "zrq":
-            rules += _conv(f"update_block.gru.conv{gate}{suffix}", ub + ("gru", f"conv{gate}{suffix}"), 128, 384, kh, kw)
+            name = f"conv{gate}{suffix}"
+            rules += _conv(f"update_block.gru.{name}", ub + ("gru", name), 128, 384, kh, kw)
     rules += _conv("update_block.flow_head.conv1", ub + ("flow_head", "conv1"), 256, 128, 3, 3)
     rules += _conv("update_block.flow_head.conv2", ub + ("flow_head", "conv2"), 2, 256, 3, 3)
     rules += _conv("update_block.mask.0", ub + ("mask_0",), 256, 128, 3, 3)
@@ -159,7 +161,8 @@ def check_tensors(arrays: Mapping[str, Any], expected: Mapping[str, tuple[tuple,
     if missing or unexpected or mismatched or invalid:
         message = _format(what, missing, unexpected, mismatched, invalid)
         if len(missing) == len(expected):
-            message = f"{what} holds none of the {len(expected)} RAFT tensor names; it is not a RAFT checkpoint.\n" + message
+            message = (f"{what} holds none of the {len(expected)} RAFT tensor names; it is not a RAFT "
+                       f"checkpoint.\n" + message)
         raise PortError(message, missing, unexpected, mismatched, invalid)
 
 
