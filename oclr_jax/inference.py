@@ -125,6 +125,7 @@ def load_window_flow(record: SequenceRecord, indices: Sequence[int], gaps: Seque
             for gap in gaps:
                 path, sign = flow_sources(record, int(frame), gap)
                 flow = flow_io.read_flow(path)
+                flow_io.check_flow_size(flow.shape[:2], record.image_size, path)
                 if unpad:
                     flow = crop_raft_padding(flow, record.image_size, path)
                 channels.append(sign * flow_io.resize_flow(flow, height, width))

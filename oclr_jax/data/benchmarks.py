@@ -368,7 +368,9 @@ class Benchmark:
         reader = masks_io.read_label_png if kind == "labels" else masks_io.read_binary_png
         labels = [reader(files[frames[i]]).astype(np.uint8) for i in annotated]
         _check_same_size(labels, [files[frames[i]] for i in annotated])
-        return {"annotated": tuple(annotated), "labels": np.stack(labels)}
+        labels = np.stack(labels)
+        _check_objects(kind, labels, [files[frames[i]] for i in annotated], folder)
+        return {"annotated": tuple(annotated), "labels": labels}
 
     def _read_boxes(self, name: str, frames: tuple[str, ...]) -> dict:
         per_frame = self.moca_boxes.get(name)
@@ -394,7 +396,45 @@ class Benchmark:
         except official_layout.LayoutError as e:
             raise BenchmarkError(str(e)) from e
         _check_same_size(masks, [os.path.join(self.annotation_root, name, f) for f in frames])
-        return {"annotated": tuple(range(len(frames))), "amodal": np.stack(masks)}
+        masks = np.stack(masks)
+        empty = np.flatnonzero(~masks.any(axis=(0, 1, 2)))
+        if empty.size:
+            k = int(empty[0]) + 1
+            raise BenchmarkError(
+                f"{os.path.join(self.annotation_root, name, f'{k}_*.png')}: object {k} is empty "
+                f"in every frame of {name!r}; an empty object would score J = 1 for an empty "
+                "layer: remove it (and lower the object count in the sequence name) or fix its "
+                "masks")
+        return {"annotated": tuple(range(len(frames))), "amodal": masks}
+
+
+def _check_objects(kind: str, labels: np.ndarray, paths: list[str], folder: str) -> None:
+    """Ground truth that would score something else than the user meant is an error.
+
+    - binary datasets: foreground in no annotated frame (e.g. masks in a convention read as
+      empty) would score J = 0 or 1 regardless of the prediction;
+    - object ids (DAVIS 2017): the evaluator's objects are 1..max id of the first annotation,
+      so ids that are not 1..N there create phantom objects that score J = 1 each.
+    """
+    if kind == "binary":
+        if not labels.any():
+            raise BenchmarkError(
+                f"{folder}: every annotation is empty (no foreground pixel in {len(paths)} "
+                "masks); binary masks must be white (255) or palette id 1 on black, and a "
+                "sequence needs a moving object to be scored")
+        return
+    first = labels[0]
+    ids = sorted(int(i) for i in np.unique(first) if i not in (0, 255))
+    if not ids:
+        raise BenchmarkError(f"{paths[0]}: the first annotation holds no object id; the DAVIS "
+                             "2017 evaluator takes the objects from it (ids 1..N)")
+    expected = list(range(1, ids[-1] + 1))
+    if ids != expected:
+        missing = sorted(set(expected) - set(ids))
+        raise BenchmarkError(
+            f"{paths[0]}: object ids {ids} are not 1..{len(ids)} (missing {missing}); the "
+            "evaluator counts objects 1..max id, so each missing id would be an empty phantom "
+            "object scoring J = 1: renumber the objects 1..N in every annotation")
 
 
 def _check_same_size(arrays: list[np.ndarray], paths: list[str]) -> None:
