@@ -128,4 +128,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from oclr_jax.errors import run_cli
+
+    sys.exit(run_cli(main))
