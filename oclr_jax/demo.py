@@ -4,8 +4,8 @@
     python -m oclr_jax.demo --video clip.mp4      # your own video (flow by OpenCV DIS)
     python -m oclr_jax.demo --checkpoint OCLR.pth # any oclr-jax checkpoint or official .pth
 
-Writes to --out (default `demo_out/`): `index.html` (open it in a browser), `demo.mp4`,
-`demo.gif`, `preview.png`, `summary.json`, modal masks as indexed PNGs in `masks/` and amodal
+Writes to --out (default `demo_out/`; a new folder, or the demo's own earlier output, which is
+replaced): `index.html` (open it in a browser), `demo.webm` (VP9), `demo.gif`, `preview.png`, `summary.json`, modal masks as indexed PNGs in `masks/` and amodal
 masks per layer in `amodal/`.  See docs/demo.md.
 """
 
@@ -20,11 +20,13 @@ from typing import Optional
 
 import numpy as np
 
+from oclr_jax.errors import UserError
+
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                                   "demo_checkpoint")
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError):
     """The demo's input cannot be used (unreadable or too short video, missing checkpoint)."""
 
 
@@ -210,8 +212,11 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.report import write_report
+    from oclr_jax.errors import check_output_dir
+    from oclr_jax.report import MARKER, write_report
 
+    # Before any work: never replace a folder the demo did not write (`--out .` included).
+    check_output_dir(args.out, "--out", MARKER)
     if not os.path.exists(args.checkpoint):
         raise DemoError(f"{args.checkpoint}: checkpoint not found")
     try:
@@ -240,8 +245,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DemoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from oclr_jax.errors import run_cli
+
+    sys.exit(run_cli(main))
