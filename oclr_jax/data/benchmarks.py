@@ -240,9 +240,10 @@ class Benchmark:
                 f"{self.layout.image_dir}/<sequence>/<frame>.jpg; see oclr_jax/data/benchmarks.py)")
         self.annotation_root = self._find_annotation_root(annotation_dir) if load_annotations \
             else None
-        self.moca_boxes = None
+        self.moca_boxes = self.moca_csv = None
         if load_annotations and self.layout.annotation_kind == "boxes":
-            self.moca_boxes = read_moca_csv(self._find_moca_csv(annotations_csv))
+            self.moca_csv = self._find_moca_csv(annotations_csv)
+            self.moca_boxes = read_moca_csv(self.moca_csv)
         self.flow_roots = self._find_flow_roots(gaps, flow_dir_name)
         self.sequences = self._select_sequences(sequences)
 
@@ -303,6 +304,29 @@ class Benchmark:
         if not names:
             raise BenchmarkError(f"{self.image_root}: no sequence folders")
         return names
+
+    def sequence_files(self, name: str) -> list[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file a sequence's result depends on: its frames,
+        flows (every flow folder), annotations and the MoCA CSV.  Cheap (stat only); used to
+        key cached results, so a changed or different folder is never mistaken for this one."""
+        folders = [os.path.join(self.image_root, name)]
+        folders += [os.path.join(root, name) for _, root in sorted(self.flow_roots.items())]
+        if self.annotation_root:
+            folders.append(os.path.join(self.annotation_root, name))
+        files = []
+        for folder in folders:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_file():
+                    stat = entry.stat()
+                    files.append((os.path.abspath(entry.path), stat.st_size, stat.st_mtime_ns))
+        if self.layout.annotation_kind == "boxes" and self.moca_csv:
+            stat = os.stat(self.moca_csv)
+            files.append((os.path.abspath(self.moca_csv), stat.st_size, stat.st_mtime_ns))
+        return files
 
     def __len__(self) -> int:
         return len(self.sequences)
