@@ -127,3 +127,27 @@ def snapshot(root: str) -> dict[str, tuple[int, int]]:
             stat = os.lstat(path)
             seen[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime_ns)
     return seen
+
+
+def call(module: str, *args) -> subprocess.CompletedProcess:
+    """The command's `main` under `run_cli` in this process (the same wrapper and messages as
+    `run`, without the seconds of a fresh interpreter importing JAX and TensorFlow): for the
+    many argument mistakes that fail before any work."""
+    import contextlib
+    import importlib
+    import io
+
+    from oclr_jax.errors import run_cli
+
+    try:
+        command = importlib.import_module(module + ".__main__")
+    except ImportError:
+        command = importlib.import_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = run_cli(command.main, [str(a) for a in args])
+        except SystemExit as exit_:  # argparse
+            status = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(),
+                                       err.getvalue())

@@ -165,8 +165,11 @@ def test_resume_cache_never_reports_another_folders_scores(tmp_path):
     (["--batch-size", "0"], "--batch-size"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, segtrack, args, culprit):
+    """In this process: the same `run_cli` and messages, without an interpreter per case."""
     write_predictions(tmp_path / "pred", "worm", moving_box())
-    result = score(segtrack, tmp_path / "pred", tmp_path / "out", "segtrackv2", *args)
+    result = hostile.call(MODULE, "--dataset", "segtrackv2", "--data-dir", segtrack,
+                          "--predictions", tmp_path / "pred", "--out", tmp_path / "out",
+                          "--sequences", "all", *args)
     hostile.assert_user_error(result, culprit)
     assert not os.path.exists(tmp_path / "out")
 
@@ -183,7 +186,8 @@ def test_bad_paths_fail_before_any_work_and_touch_nothing(tmp_path, segtrack, ki
     else:
         predictions, culprit = tmp_path / "no_such_pred", "no_such_pred"
     before = hostile.snapshot(str(tmp_path))
-    result = score(segtrack, predictions, out)
+    result = hostile.call(MODULE, "--dataset", "segtrackv2", "--data-dir", segtrack,
+                          "--predictions", predictions, "--out", out, "--sequences", "all")
     hostile.assert_user_error(result, culprit)
     assert hostile.snapshot(str(tmp_path)) == before
 

@@ -67,4 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from oclr_jax.errors import run_cli
+
+    sys.exit(run_cli(main))
