@@ -14,9 +14,11 @@ The whole folder is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -166,12 +168,27 @@ def panel(rgb, flow_rgb, amodal, modal, front_to_back, gt=None, scores=None,
     return np.concatenate(rows, axis=0)
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Discards what C code writes to file descriptor 2 inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def write_webm(path: str, frames: list, fps: float) -> None:
     """VP9 in WebM: what Chromium and Firefox play and OpenCV's bundled FFmpeg can write."""
     import cv2
 
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP90"), fps, (width, height))
+    with _stderr_silenced():  # FFmpeg's note that WebM stores no fourcc tag: not for users
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP90"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"{path}: OpenCV cannot open a VP9/WebM writer")
     for frame in frames:
