@@ -108,9 +108,8 @@ def test_help_states_the_frame_cap():
 
 @pytest.mark.parametrize("kind", ["pth", "bad json", "missing"])
 def test_broken_checkpoints_are_named(tmp_path, kind):
-    from oclr_jax import demo
+    from oclr_jax.demo.run import DEFAULT_CHECKPOINT as shipped
 
-    shipped = demo.DEFAULT_CHECKPOINT
     if kind == "pth":
         checkpoint = tmp_path / "OCLR.pth"
         checkpoint.write_bytes(os.urandom(500))

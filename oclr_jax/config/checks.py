@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
-from oclr_jax.config_lib import ConfigError
+from oclr_jax.config.loading import ConfigError
 from oclr_jax.errors import UserError
 
 

@@ -2,11 +2,13 @@
 
     python -m oclr_jax.demo                       # a synthetic clip + the shipped checkpoint
     python -m oclr_jax.demo --video clip.mp4      # your own video (flow by OpenCV DIS)
+    python -m oclr_jax.demo --video clip.mp4 --raft-checkpoint raft-things.pth  # flow by RAFT
     python -m oclr_jax.demo --checkpoint OCLR.pth # any oclr-jax checkpoint or official .pth
 
 Writes to --out (default `demo_out/`; a new folder, or the demo's own earlier output, which is
-replaced): `index.html` (open it in a browser), `demo.webm` (VP9), `demo.gif`, `preview.png`, `summary.json`, modal masks as indexed PNGs in `masks/` and amodal
-masks per layer in `amodal/`.  See docs/demo.md.
+replaced): `index.html` (open it in a browser), `demo.webm` (VP9), `demo.gif`, `preview.png`,
+`summary.json`, modal masks as indexed PNGs in `masks/` and amodal masks per layer in
+`amodal/`.  See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import numpy as np
 
 from oclr_jax.errors import UserError
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                  "demo_checkpoint")
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "assets", "demo_checkpoint")
 
 
-class DemoError(UserError):
+class DemoError(UserError, RuntimeError):
     """The demo's input cannot be used (unreadable or too short video, missing checkpoint)."""
 
 
@@ -101,11 +103,14 @@ def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
     return np.stack(frames), float(fps)
 
 
-def video_clip(path: str, config, max_frames: int, flow_height: int, progress=None) -> Clip:
-    """Frames of a user video with DIS flow at gaps +1/-1, resized to the model resolution.
+def video_clip(path: str, config, max_frames: int, flow_height: int,
+               raft_checkpoint: Optional[str] = None, raft_iters: int = 20,
+               progress=None) -> Clip:
+    """Frames of a user video with flow at gaps +1/-1, resized to the model resolution.
 
-    DIS is computed at `flow_height` rows (the aspect kept) and the field is then resized with
-    its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
+    The flow is RAFT's when `raft_checkpoint` (raft-things.pth or its .npz) is given, else
+    OpenCV DIS.  It is computed at `flow_height` rows (the aspect kept) and the field is then
+    resized with its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
     """
     import cv2
 
@@ -117,11 +122,24 @@ def video_clip(path: str, config, max_frames: int, flow_height: int, progress=No
     scale = min(1.0, flow_height / height)
     size = (max(16, int(round(width * scale))), max(16, int(round(height * scale))))
     small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in rgb])
-    if progress is not None:
-        progress.reset(total=len(small) - 1)
-        progress.set_description("flow (DIS)")
-    flow_fwd, flow_bwd = estimate_flows(
-        small, progress=None if progress is None else lambda: progress.update(1))
+    if raft_checkpoint:
+        from oclr_jax.flow.frames import FramesError
+        from oclr_jax.flow.video import raft_clip_flows
+        from oclr_jax.flow.weights import load_raft_variables
+
+        variables, _ = load_raft_variables(raft_checkpoint)
+        try:
+            flow_fwd, flow_bwd = raft_clip_flows(small, variables, iters=raft_iters)
+        except FramesError as error:
+            raise DemoError(f"{path}: {error} (or raise --flow-height)") from error
+    else:
+        print("flow: OpenCV DIS, since no --raft-checkpoint was given; RAFT flow (raft-things.pth, "
+              "what the paper used) is much cleaner on real footage, see docs/flow.md", file=sys.stderr)
+        if progress is not None:
+            progress.reset(total=len(small) - 1)
+            progress.set_description("flow (DIS)")
+        flow_fwd, flow_bwd = estimate_flows(
+            small, progress=None if progress is None else lambda: progress.update(1))
     model_h, model_w = config.data.resolution
     fwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_fwd])
     bwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_bwd])
@@ -157,7 +175,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     import jax.numpy as jnp
 
     from oclr_jax.compose import front_to_back, hard_modal_masks
-    from oclr_jax.inference import cut_windows, stitch, upsample_layers
+    from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
 
     @jax.jit
     def apply(p, x):
@@ -185,7 +203,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
 
 def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     """J per ground-truth object for modal and amodal masks, layers matched by modal IoU."""
-    from oclr_jax.metrics import iou_matrix, match_layers_to_objects
+    from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
 
     to_tk = lambda m: np.moveaxis(m, -1, 1)  # (N, H, W, K) -> (N, K, H, W)
     object_of_layer = match_layers_to_objects(to_tk(prediction.modal), to_tk(clip.gt_modal))
@@ -239,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video: use at most this many frames from the start (default 150, "
                              "about 5 s at 30 fps; 0: the whole clip)")
     parser.add_argument("--flow-height", type=int, default=480,
-                        help="video: rows at which DIS flow is computed (default 480)")
+                        help="video: rows at which flow is computed (default 480)")
+    parser.add_argument("--raft-checkpoint", help="video: RAFT weights (raft-things.pth or its .npz) "
+                        "to compute the flow with RAFT instead of OpenCV DIS")
+    parser.add_argument("--raft-iters", type=int, default=20, help="video: RAFT iterations (default 20)")
     return parser
 
 
@@ -247,7 +268,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, value, minimum in (("--frames", args.frames, 2), ("--max-frames", args.max_frames, 0),
-                                 ("--flow-height", args.flow_height, 16), ("--index", args.index, 0)):
+                                 ("--flow-height", args.flow_height, 16), ("--index", args.index, 0),
+                                 ("--raft-iters", args.raft_iters, 1)):
         if value is not None and value < minimum:
             raise DemoError(f"must be at least {minimum}, got {value}", flag)
     if args.max_frames == 1:
@@ -255,9 +277,11 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint
+    from oclr_jax.demo.report import MARKER, write_report
     from oclr_jax.errors import check_output_dir
-    from oclr_jax.report import MARKER, write_report
 
+    if args.raft_checkpoint and not args.video:
+        raise DemoError("--raft-checkpoint is for --video (the synthetic clip has exact flow)")
     # Before any work: never replace a folder the demo did not write (`--out .` included).
     check_output_dir(args.out, "--out", MARKER)
     if not os.path.exists(args.checkpoint):
@@ -273,11 +297,12 @@ def main(argv=None) -> int:
     upsample = str(eval_config.get("upsample", "bilinear"))
     with tqdm(total=1, desc="reading clip", unit="step") as bar:
         if args.video:
-            clip = video_clip(args.video, config, args.max_frames, args.flow_height, bar)
+            clip = video_clip(args.video, config, args.max_frames, args.flow_height,
+                              args.raft_checkpoint, args.raft_iters, progress=bar)
         else:
             clip = synthetic_clip(config, args.seed, args.index, args.frames or 3 * window)
             bar.update(1)
-    from oclr_jax.inference import cut_windows
+    from oclr_jax.eval.inference import cut_windows
 
     with tqdm(total=len(cut_windows(len(clip.flow), window)), desc="segmenting",
               unit="window") as bar:
@@ -292,8 +317,3 @@ def main(argv=None) -> int:
     print(f"open {os.path.join(os.path.abspath(args.out), 'index.html')}")
     return 0
 
-
-if __name__ == "__main__":
-    from oclr_jax.errors import run_cli
-
-    sys.exit(run_cli(main))
