@@ -13,7 +13,7 @@ from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import Benchmark
 from oclr_jax.flow import convert, padding, raft, weights
 from oclr_jax.flow.frames import read_image
-from oclr_jax.inference import load_window_flow
+from oclr_jax.eval.inference import load_window_flow
 from raft_fixtures import moving_frames, write_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
