@@ -184,8 +184,11 @@ def read_checkpoint_config(path: str) -> ml_collections.ConfigDict:
     except ValueError as e:
         raise CheckpointError(f"{path}: checkpoint config is not valid JSON ({e}); the file is "
                               "damaged: copy or export the checkpoint again") from e
-    missing = [key for key in REQUIRED_CONFIG_KEYS
-               if key.split(".")[0] not in config or key.split(".")[1] not in config[key.split(".")[0]]]
+    missing = []
+    for key in REQUIRED_CONFIG_KEYS:
+        section, field = key.split(".")
+        if section not in config or field not in config[section]:
+            missing.append(key)
     if missing:
         raise CheckpointError(f"{path}: checkpoint config lacks {', '.join(missing)}; it is not "
                               "a complete oclr-jax model config")

@@ -177,7 +177,8 @@ def _read_png_channel(path: str) -> np.ndarray:
                 "channel: save masks as white (255) on black")
         image = red
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8) if image.max(initial=0) > 1 else image.astype(np.uint8)
+        # 16-bit 0/65535 -> 0/255; a 16-bit 0/1 mask stays 0/1 (handled below).
+        image = (image >> 8 if image.max(initial=0) > 1 else image).astype(np.uint8)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise LayoutError(f"{path}: expected an 8-bit mask PNG, found {image.dtype} {image.shape}")
     if image.max(initial=0) == 1:

@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value, minimum in (("--frames", args.frames, 2), ("--max-frames", args.max_frames, 0),
-                                 ("--flow-height", args.flow_height, 16), ("--index", args.index, 0),
-                                 ("--raft-iters", args.raft_iters, 1)):
+    minimums = (("--frames", args.frames, 2), ("--max-frames", args.max_frames, 0),
+                ("--flow-height", args.flow_height, 16), ("--index", args.index, 0),
+                ("--raft-iters", args.raft_iters, 1))
+    for flag, value, minimum in minimums:
         if value is not None and value < minimum:
             raise DemoError(f"must be at least {minimum}, got {value}", flag)
     if args.max_frames == 1:
