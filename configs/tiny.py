@@ -5,11 +5,11 @@ Same code path as `oclr_paper.py`; only sizes and schedules change.
 
 import ml_collections
 
-from configs import oclr_paper
+from oclr_jax.config import paper
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = oclr_paper.get_config()
+    config = paper.get_config()
     config.model.unet_features = 8
     config.model.num_layers = 2
     config.model.num_heads = 4

@@ -23,6 +23,8 @@ import ml_collections
 import numpy as np
 
 from oclr_jax.atomic import staged_directory
+from oclr_jax.config import paper
+from oclr_jax.errors import UserError
 from oclr_jax.model import OCLR, model_from_config
 
 CONFIG_FILE = "config.json"
@@ -30,7 +32,7 @@ PARAMS_DIR = "params"
 TORCH_EXTENSIONS = (".pth", ".pt", ".pth.tar", ".ckpt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, incomplete or does not fit the model its config describes."""
 
 
@@ -162,9 +164,7 @@ def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
     official code; 2n -> +1, -1, +2, -2, ... (say which gaps a custom model used with
     `--config.data.gaps` where a command accepts it).
     """
-    from oclr_jax.config_lib import load_config
-
-    config = load_config("oclr_paper.py")
+    config = paper.get_config()
     for key in ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim"):
         if inferred.get(key) is not None:
             config.model[key] = int(inferred[key])

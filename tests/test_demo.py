@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oclr_jax import demo
+from oclr_jax.demo import run as demo
 
 # The shipped checkpoint's Syn-Val-style J on the demo clip must stay above this floor
 # (docs/demo.md gives the measured value; an untrained model scores about 0.05).

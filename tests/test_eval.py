@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import eval_fakes as ef
-from oclr_jax import eval as oclr_eval
-from oclr_jax.eval import EvalOptions, evaluate
+from oclr_jax.eval import runner as oclr_eval
+from oclr_jax.eval.runner import EvalOptions, evaluate
 
 WINDOW = 8
 SHIFT = 4

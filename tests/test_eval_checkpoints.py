@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import eval_fakes as ef
-from oclr_jax import eval as oclr_eval
+from oclr_jax.eval import runner as oclr_eval
 from oclr_jax.checkpoint import abstract_params, save_checkpoint
-from oclr_jax.config_lib import load_config
+from oclr_jax.config.loading import load_config
 
 pytestmark = pytest.mark.slow
 SMALL = dict(unet_features=4, num_layers=1, num_heads=2, ff_dim=32)
@@ -75,7 +75,7 @@ def test_official_torch_checkpoint_matches_torch_model(segtrack, tmp_path, capsy
     torch = pytest.importorskip("torch")
     from oclr_jax.data.benchmarks import Benchmark
     from oclr_jax.data.masks_io import read_label_png
-    from oclr_jax.inference import load_window_flow
+    from oclr_jax.eval.inference import load_window_flow
     from oclr_jax.port.torch_reference import TorchOCLR
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import eval_fakes as ef
-from oclr_jax import inference
+from oclr_jax.eval import inference
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import Benchmark
 

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 
 import official_fixtures as fx
-from oclr_jax import config_lib
+from oclr_jax.config import loading as config_lib
 from oclr_jax.data import augment
 from oclr_jax.data import flow_io
 from oclr_jax.data import input_pipeline as ip
-from oclr_jax.data import tfds_synthetic as ts
+from oclr_jax.data.tfds import synthetic as ts
 
 NUM_SEQUENCES, NUM_FRAMES, HEIGHT, WIDTH = 7, 6, 32, 48
 

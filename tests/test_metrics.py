@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from oclr_jax import metrics
+from oclr_jax.eval import metrics
 from eval_fakes import ref_boundary, ref_f, ref_iou
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oclr_jax import optim
+from oclr_jax.train import optim
 
 PAPER = dict(learning_rate=5e-5, warmup_steps=40_000, decay_steps=80_000, max_decays=9,
              clip_value=5.0)

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from oclr_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from oclr_jax.config_lib import load_config  # noqa: E402
+from oclr_jax.config.loading import load_config  # noqa: E402
 from oclr_jax.port import convert  # noqa: E402
 from oclr_jax.port.__main__ import main  # noqa: E402
 from oclr_jax.port.torch_io import load_torch_checkpoint_file  # noqa: E402

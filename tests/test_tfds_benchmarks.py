@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 import eval_fakes as ef
 from oclr_jax.data import benchmarks, flow_io
-from oclr_jax.data import tfds_benchmarks as tb
+from oclr_jax.data.tfds import benchmarks as tb
 
 RESOLUTION = (ef.H, ef.W)  # No resizing: stored flows must equal the files exactly.
 

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 import official_fixtures as fx
 from oclr_jax.data import flow_codec
 from oclr_jax.data import official_layout as ol
-from oclr_jax.data import tfds_synthetic as ts
+from oclr_jax.data.tfds import synthetic as ts
 
 TINY = dict(num_frames=4, resolution=(32, 48))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,7 +277,7 @@ def test_tfds_build_command_line(tmp_path, route):
         name, plan_split, num_frames, resolution = "tfds_cli_tiny", "syn_single", 3, (32, 48)
         config = ('{"name": "tfds_cli_tiny", "plan_split": "syn_single", "num_sequences": 4, '
                   '"num_frames": 3, "resolution": [32, 48]}')
-        result = _run_tfds_build(["oclr_synthetic", "--imports", "oclr_jax.data.tfds_synthetic",
+        result = _run_tfds_build(["oclr_synthetic", "--imports", "oclr_jax.data.tfds.synthetic",
                          "--config", config, "--data_dir", data_dir,
                          "--beam_pipeline_options", "runner=FnApiRunner",
                          "--max_examples_per_split", "2"], cwd=str(tmp_path))
@@ -285,7 +285,7 @@ def test_tfds_build_command_line(tmp_path, route):
     else:
         # The paper config by name, cut to its first 2 sequences; no Beam.
         name, plan_split, num_frames, resolution = "syn_val", "syn_val", 30, (128, 224)
-        result = _run_tfds_build([os.path.join("oclr_jax", "data", "tfds_synthetic.py"),
+        result = _run_tfds_build([os.path.join("oclr_jax", "data", "tfds", "synthetic.py"),
                          "--config", "syn_val", "--data_dir", data_dir,
                          "--max_examples_per_split", "2"], cwd=REPO_ROOT)
         split = "validation"

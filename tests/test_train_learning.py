@@ -5,7 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from oclr_jax import config_lib, train, train_data
+from oclr_jax.config import loading as config_lib
+from oclr_jax.train import batches as train_data
+from oclr_jax.train import trainer as train
 from oclr_jax.model import model_from_config
 
 NUM_STEPS = 240

@@ -10,12 +10,12 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CONFIG = """
-from configs import tiny
+CONFIG = f"""
+from oclr_jax.config.loading import load_config
 
 
 def get_config():
-    config = tiny.get_config()
+    config = load_config({os.path.join(REPO, "configs", "tiny.py")!r})
     config.data.source = "synthetic_inline"
     config.data.num_frames = 2
     config.data.resolution = (32, 32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oclr_jax.config_lib import load_config
+from oclr_jax.config.loading import load_config
 from oclr_jax.tta import preprocess
 from oclr_jax.tta.adapt import adapt_sequence, adapt_sequence_detailed
 from oclr_jax.tta.eval_hook import TTARefiner, labels_to_layers, layers_to_labels

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from oclr_jax import config_lib
+from oclr_jax.config import loading as config_lib
 
 # LLVM -O1: the test programs compile ~2x faster and run fast enough.  (-O0 compiles faster
 # still, but there the gradient of jnp.max in the ordering head came out NaN: XLA recomputed

@@ -80,10 +80,10 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     import jax
 
-    from oclr_jax import inference
+    from oclr_jax.eval import inference
     from oclr_jax.checkpoint import model_for
-    from oclr_jax.config_lib import load_config
-    from oclr_jax.eval import evaluate, options_from_config
+    from oclr_jax.config.loading import load_config
+    from oclr_jax.eval.runner import evaluate, options_from_config
 
     config = load_config(args.config)
     height, width = config.data.resolution

@@ -43,7 +43,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 def _build(args, workdir: str) -> str:
     """Generates the benchmark data; returns the tfds data_dir or the folder."""
-    from oclr_jax.data import tfds_synthetic
+    from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
     config = tfds_synthetic.OclrSyntheticConfig(
         name="bench", num_sequences=args.num_sequences, num_frames=args.frames,
@@ -62,7 +62,7 @@ def _build(args, workdir: str) -> str:
 
 
 def _config(args, data_dir: str):
-    from oclr_jax import config_lib
+    from oclr_jax.config import loading as config_lib
 
     config = config_lib.load_config("configs/oclr_paper.py")
     config.train.batch_size = args.batch_size

@@ -91,7 +91,10 @@ def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False,
             dropout_rng: str = "threefry") -> dict:
     import jax
 
-    from oclr_jax import config_lib, optim, sharding, train_step
+    from oclr_jax import sharding
+    from oclr_jax.config import loading as config_lib
+    from oclr_jax.train import optim
+    from oclr_jax.train import step as train_step
     from oclr_jax.model import model_from_config
 
     config_file, batch, frames, height, width = SIZES[size]
@@ -193,7 +196,7 @@ def _torch_losses(amodal_logits, order_logits, gt):
 def run_torch(size: str, repeats: int) -> dict:
     import torch
 
-    from oclr_jax import config_lib
+    from oclr_jax.config import loading as config_lib
     from oclr_jax.port.torch_reference import TorchOCLR
 
     config_file, batch, frames, height, width = SIZES[size]

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from oclr_jax.config_lib import load_config  # noqa: E402
+from oclr_jax.config.loading import load_config  # noqa: E402
 from oclr_jax.tta import adapt, finetune, propagation  # noqa: E402
 from oclr_jax.tta.loss import trimap  # noqa: E402
 from oclr_jax.tta.vit import init_vit_params, vit_from_config  # noqa: E402

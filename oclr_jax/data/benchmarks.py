@@ -38,12 +38,13 @@ from oclr_jax.data import masks_io
 from oclr_jax.data.benchmark_sequences import (DAVIS2016_VAL, DAVIS2017_VAL, FBMS59_VAL,
                                                MOCA_VAL, SEGTRACKV2_VAL)
 from oclr_jax.data.flow_io import FLOW_EXTENSIONS
+from oclr_jax.errors import UserError
 
 DATASETS = ("davis2016", "davis2017m", "segtrackv2", "fbms59", "moca", "synval")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FLOW_DIR = "Flows_gap{gap}"
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """A benchmark folder is not in the expected layout, or a file is missing or wrong."""
 
 

@@ -17,9 +17,9 @@
 tensorflow-datasets' own `tfds build` builds `oclr_synthetic` as well (tested), but its command
 line imports apache_beam and mlcroissant at start-up, so it needs both installed:
 
-    tfds build oclr_synthetic/syn_train --imports oclr_jax.data.tfds_synthetic
-    tfds build oclr_jax/data/tfds_synthetic.py --config syn_val --manual_dir /data  # ingest
-    tfds build oclr_synthetic --imports oclr_jax.data.tfds_synthetic \\
+    tfds build oclr_synthetic/syn_train --imports oclr_jax.data.tfds.synthetic
+    tfds build oclr_jax/data/tfds/synthetic.py --config syn_val --manual_dir /data  # ingest
+    tfds build oclr_synthetic --imports oclr_jax.data.tfds.synthetic \\
         --config '{"name": "syn_train_small", "num_sequences": 96, "num_frames": 8,
                    "resolution": [64, 112]}' --beam_pipeline_options runner=FnApiRunner
 
@@ -35,9 +35,12 @@ import dataclasses
 import os
 import sys
 
+from oclr_jax.errors import run_cli
+
 
 def _parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m oclr_jax.data.build_tfds",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="oclr_synthetic/{syn_train,syn_single,syn_val} or "
                         "oclr_benchmarks/{davis2016,davis2017m,segtrackv2,fbms59,moca}")
@@ -70,7 +73,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 def _synthetic_builder(args, config_name: str):
-    from oclr_jax.data import tfds_synthetic
+    from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
     configs = {c.name: c for c in tfds_synthetic.OclrSynthetic.BUILDER_CONFIGS}
     if config_name not in configs:
@@ -93,7 +96,8 @@ def _synthetic_builder(args, config_name: str):
 
 
 def _benchmark_builder(args, config_name: str):
-    from oclr_jax.data import benchmarks, tfds_benchmarks
+    from oclr_jax.data import benchmarks
+    from oclr_jax.data.tfds import benchmarks as tfds_benchmarks
 
     sequences = args.sequences
     if sequences and sequences != "all":
@@ -132,5 +136,6 @@ def main(argv=None) -> None:
           file=sys.stderr)
 
 
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from oclr_jax.atomic import atomic_write_bytes
+from oclr_jax.errors import UserError
 
 FLO_MAGIC = 202021.25
 _FLO_MAGIC_BYTES = np.array([FLO_MAGIC], dtype="<f4").tobytes()
@@ -23,7 +24,7 @@ _KITTI_OFFSET = 2.0**15
 FLOW_EXTENSIONS = (".flo", ".npy", ".png")
 
 
-class FlowFileError(ValueError):
+class FlowFileError(UserError, ValueError):
     """A flow file is missing, truncated, corrupt or holds non-finite values."""
 
 

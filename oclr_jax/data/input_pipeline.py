@@ -96,7 +96,8 @@ def open_tfds_source(name: str, data_dir: str | None, split: str) -> ExampleSour
     """A tfds `oclr_synthetic` dataset (ArrayRecord files) as a random-access source."""
     import tensorflow_datasets as tfds
 
-    from oclr_jax.data import flow_codec, tfds_synthetic
+    from oclr_jax.data import flow_codec
+    from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
     builder = tfds.builder(name, data_dir=data_dir or None)
     splits = list(builder.info.splits)
@@ -157,7 +158,7 @@ def open_train_source(config) -> ExampleSource:
     hide_accelerators_from_tf()
     data = config.data
     if data.get("tfds_name"):
-        from oclr_jax.data import tfds_synthetic
+        from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
         unsupported = [g for g in data.gaps if int(g) not in tfds_synthetic.FLOW_GAPS]
         if unsupported:

@@ -19,9 +19,10 @@ from typing import Optional
 import numpy as np
 
 from oclr_jax.atomic import atomic_write_bytes
+from oclr_jax.errors import UserError
 
 
-class MaskFileError(ValueError):
+class MaskFileError(UserError, ValueError):
     """A mask file is missing, undecodable, or not the kind of image expected."""
 
 

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from oclr_jax.data import flow_io
+from oclr_jax.errors import UserError
 
 IMAGE_DIR = "JPEGImages"
 AMODAL_DIR = "AmodalAnnotations"
@@ -34,7 +35,7 @@ MODAL_DIR = "Annotations"  # Optional DAVIS-style label PNGs of the visible part
 METADATA_DIR = "Metadata"  # Our generator's completion markers, <seq>.json.
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """An official-layout folder is missing a file or holds data of the wrong shape."""
 
 

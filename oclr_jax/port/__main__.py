@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from oclr_jax.errors import run_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,4 +69,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

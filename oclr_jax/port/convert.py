@@ -25,8 +25,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from oclr_jax.errors import UserError
 
-class PortError(ValueError):
+
+class PortError(UserError, ValueError):
     """A checkpoint does not match the OCLR parameter layout.  Lists every problem found."""
 
     def __init__(self, message: str, missing=(), unexpected=(), mismatched=(), invalid=()):

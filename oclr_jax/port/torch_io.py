@@ -42,7 +42,7 @@ def _describe(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
-def extract_state_dict(obj, path: str):
+def extract_state_dict(obj, path: str, model_name: str = "OCLR"):
     """Finds the model state dict in a loaded `.pth` object.  Returns (state_dict, meta)."""
     torch = _import_torch()
     meta = {"source": path}
@@ -58,7 +58,7 @@ def extract_state_dict(obj, path: str):
                 obj = obj[key]
                 break
     if not _is_tensor_dict(obj, torch):
-        raise PortError(f"{path}: not an OCLR checkpoint: expected a state dict (parameter name -> "
+        raise PortError(f"{path}: not an {model_name} checkpoint: expected a state dict (parameter name -> "
                         f"tensor) or a training checkpoint with 'model_state_dict', found {_describe(obj)}")
     meta.setdefault("format", "state dict")
     names = list(obj.keys())
@@ -75,7 +75,7 @@ def extract_state_dict(obj, path: str):
     return state_dict, meta
 
 
-def load_torch_checkpoint_file(path: str, trust_pickle: bool = False):
+def load_torch_checkpoint_file(path: str, trust_pickle: bool = False, model_name: str = "OCLR"):
     """Reads a `.pth` file -> (state dict of numpy arrays, meta dict).
 
     `meta` holds `source`, `format` ('state dict' | 'training checkpoint' | ...), and when present
@@ -95,7 +95,7 @@ def load_torch_checkpoint_file(path: str, trust_pickle: bool = False):
                 "Python objects, retry with --trust-pickle.")
         raise PortError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
                         f"{reason[:300]}).{hint}") from error
-    return extract_state_dict(obj, path)
+    return extract_state_dict(obj, path, model_name)
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -122,6 +122,7 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str,
     """
     torch = _import_torch()
     tensors = collections.OrderedDict(
-        (name, torch.from_numpy(np.ascontiguousarray(value))) for name, value in state_dict.items())
+        # np.array, not np.ascontiguousarray: the latter turns 0-d counters (num_batches_tracked) into (1,).
+        (name, torch.from_numpy(np.array(value, order="C"))) for name, value in state_dict.items())
     obj = {"model_state_dict": tensors, **(extra or {})} if wrap else tensors
     atomic_torch_save(obj, path)

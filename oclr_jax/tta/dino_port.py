@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from oclr_jax.errors import UserError
 from oclr_jax.tta.vit import VisionTransformer, vit_param_shapes
 
 IGNORED_PREFIXES = ("head.",)  # DINO's projection head in training checkpoints
@@ -34,7 +35,7 @@ STRIPPED_PREFIXES = ("module.", "backbone.")
 _LIST_LIMIT = 12
 
 
-class DinoCheckpointError(ValueError):
+class DinoCheckpointError(UserError, ValueError):
     """A checkpoint does not match the ViT.  Lists every problem found."""
 
     def __init__(self, message: str, missing=(), unexpected=(), mismatched=(), invalid=()):

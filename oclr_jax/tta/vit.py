@@ -246,7 +246,7 @@ class VisionTransformer(nn.Module):
 
 
 def vit_from_config(tta_config) -> VisionTransformer:
-    """The ViT described by the `config.tta` section (see configs/oclr_paper.py)."""
+    """The ViT described by the `config.tta` section (see oclr_jax/config/paper.py)."""
     return VisionTransformer(
         patch_size=tta_config.patch_size, embed_dim=tta_config.embed_dim,
         depth=tta_config.depth, num_heads=tta_config.num_heads,

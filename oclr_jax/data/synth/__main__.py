@@ -13,6 +13,7 @@ import sys
 
 from oclr_jax.data.synth.plan import SPLITS, composition_counts, plan_split
 from oclr_jax.data.synth.scene import FLOW_MODES, RenderOptions
+from oclr_jax.errors import run_cli
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

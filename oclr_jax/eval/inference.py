@@ -25,11 +25,12 @@ import numpy as np
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import SequenceRecord
+from oclr_jax.errors import UserError
 
 UPSAMPLE_METHODS = ("bilinear", "nearest")
 
 
-class FlowMissingError(FileNotFoundError):
+class FlowMissingError(UserError, FileNotFoundError):
     """A flow file needed for a window is missing (and no official fallback applies)."""
 
 

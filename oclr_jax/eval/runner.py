@@ -25,7 +25,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from oclr_jax import eval_outputs, inference, scoring
+from oclr_jax.eval import inference, scoring
+from oclr_jax.eval import outputs as eval_outputs
+from oclr_jax.config import paper
 from oclr_jax.data.benchmarks import DATASETS, DEFAULT_FLOW_DIR, Benchmark, SequenceRecord
 
 Refine = Callable[[SequenceRecord, np.ndarray], np.ndarray]
@@ -33,7 +35,7 @@ Refine = Callable[[SequenceRecord, np.ndarray], np.ndarray]
 
 def _user_errors() -> tuple[type, ...]:
     """Exceptions that mean bad input (printed as one line by the CLI, no traceback)."""
-    from oclr_jax.config_lib import ConfigError
+    from oclr_jax.config.loading import ConfigError
     from oclr_jax.data.benchmarks import BenchmarkError
     from oclr_jax.data.flow_io import FlowFileError
     from oclr_jax.data.masks_io import MaskFileError
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotation-dir", help="annotation folder relative to --data-dir")
     parser.add_argument("--annotations-csv", help="MoCA box CSV (default: "
                                                   "<data-dir>/annotations.csv)")
-    parser.add_argument("--config", default="oclr_paper.py",
+    parser.add_argument("--config", default="paper",
                         help="config for --predictions runs (window length); with "
                              "--checkpoint its own config is used")
     parser.add_argument("--no-resume", action="store_true",
@@ -293,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_run_config(args, overrides: Sequence[str]):
     """(config, predict_fn, params, source) for the parsed command line."""
-    from oclr_jax.config_lib import apply_override, load_config
+    from oclr_jax.config.loading import apply_override, load_config
 
-    defaults = load_config("oclr_paper.py")
+    defaults = paper.get_config()
     if args.predictions:
         return load_config(args.config, overrides), None, None, os.path.abspath(args.predictions)
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint, reads_as_torch
@@ -325,7 +327,7 @@ def load_run_config(args, overrides: Sequence[str]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from oclr_jax.config_lib import split_config_overrides
+    from oclr_jax.config.loading import split_config_overrides
 
     overrides, rest = split_config_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -366,6 +368,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"results: {os.path.join(options.out_dir, 'results.json')}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 One process per host; every process runs this same program (see `launch/`).  The trainer:
 
-- builds the 'data' mesh over all devices and the jitted train/eval steps (`train_step.py`);
+- builds the 'data' mesh over all devices and the jitted train/eval steps (`step.py`);
 - resumes from the newest checkpoint in `DIR/checkpoints` (params, optimizer state, step, rng;
   the data stream restarts at that step) or starts fresh;
 - saves every `train.checkpoint_every` steps (orbax, async, keeps `train.keep_checkpoints`),
@@ -32,13 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oclr_jax import optim, sharding, train_data
+from oclr_jax import sharding
 from oclr_jax.model import model_from_config
-from oclr_jax.train_step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
+from oclr_jax.train import batches as train_data
+from oclr_jax.train import optim
+from oclr_jax.train.state_io import checkpoint_manager, restore_latest, save_state
+from oclr_jax.train.step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
                                  compiler_options_for, init_train_state, make_eval_step,
                                  make_train_step, select_keys)
 
-CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 # Not config.json: `checkpoint.load_checkpoint` takes a folder holding config.json for a model.
 CONFIG_FILE = "train_config.json"
@@ -109,43 +111,6 @@ def write_config_record(config, workdir: str) -> None:
         with open(tmp, "w") as f:
             json.dump(record, f, indent=2, sort_keys=True, default=list)
         os.replace(tmp, path)
-
-
-def checkpoint_manager(workdir: str, config):
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(config.train.keep_checkpoints), create=True,
-        enable_async_checkpointing=bool(config.train.get("async_checkpointing", True)))
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                                 options=options)
-
-
-def save_state(manager, state: TrainState) -> None:
-    import orbax.checkpoint as ocp
-
-    step = int(jax.device_get(state.step))
-    meta = {"step": step, "data_position": step}
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(meta)), force=True)
-
-
-def restore_latest(manager, abstract_state: TrainState) -> Optional[TrainState]:
-    """The newest checkpoint restored into the abstract state's shardings, or None."""
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step()
-    if step is None:
-        return None
-    target = flax.serialization.to_state_dict(abstract_state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
-    if int(restored["meta"]["data_position"]) != int(jax.device_get(state.step)):
-        raise ValueError(f"checkpoint {step} in {manager.directory}: data position "
-                         f"{restored['meta']['data_position']} != step {state.step}")
-    return state
 
 
 def _mean_metrics(history: list[dict]) -> dict:
@@ -337,7 +302,7 @@ def initialize_distributed(args) -> None:
 
 
 def _parse_args(argv):
-    from oclr_jax.config_lib import split_config_overrides
+    from oclr_jax.config.loading import split_config_overrides
 
     overrides, rest = split_config_overrides(argv)
     parser = argparse.ArgumentParser(
@@ -362,7 +327,7 @@ def _parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from oclr_jax.config_lib import load_config, parse_value
+    from oclr_jax.config.loading import load_config, parse_value
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--export_only"]:  # internal: see export_model
@@ -380,6 +345,3 @@ def main(argv=None) -> int:
                        compiler_options=compiler_options or None)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ saved masks are what the official evaluators score; `window_output_labels` does 
 - 'layers' datasets (DAVIS2017-motion, Syn-Val): layer assigned to object i gets label i+1;
   layers left over get the next free labels.
 
-`score_sequence` then applies each benchmark's evaluator (see `oclr_jax.metrics`) and
+`score_sequence` then applies each benchmark's evaluator (see `oclr_jax.eval.metrics`) and
 `summarize` averages the way each benchmark reports (DESIGN.md §5).
 """
 
@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from oclr_jax import metrics
+from oclr_jax.eval import metrics
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord
 
 VOID_ID = 255

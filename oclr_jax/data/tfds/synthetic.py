@@ -6,7 +6,7 @@ RGB); 30 frames of 128x224.  Each example is one sequence.  Two sources:
 
 * generation (the default): `oclr_jax.data.synth` plans and renders the split, so building
   (`python -m oclr_jax.data.build_tfds oclr_synthetic/syn_train`, or `tfds build
-  oclr_synthetic/syn_train --imports oclr_jax.data.tfds_synthetic`) alone produces the
+  oclr_synthetic/syn_train --imports oclr_jax.data.tfds.synthetic`) alone produces the
   dataset; with `--beam_pipeline_options=...` (or a `DownloadConfig` with
   `beam_runner`/`beam_options`) the rendering runs as an Apache Beam pipeline instead, with
   the same records.  Custom variants are `OclrSyntheticConfig`s (`tfds build --config` takes

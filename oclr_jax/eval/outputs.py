@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from oclr_jax import scoring
+from oclr_jax.eval import scoring
 from oclr_jax.atomic import atomic_write_text
 from oclr_jax.data import masks_io
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord

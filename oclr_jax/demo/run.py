@@ -2,6 +2,7 @@
 
     python -m oclr_jax.demo                       # a synthetic clip + the shipped checkpoint
     python -m oclr_jax.demo --video clip.mp4      # your own video (flow by OpenCV DIS)
+    python -m oclr_jax.demo --video clip.mp4 --raft-checkpoint raft-things.pth  # flow by RAFT
     python -m oclr_jax.demo --checkpoint OCLR.pth # any oclr-jax checkpoint or official .pth
 
 Writes to --out (default `demo_out/`): `index.html` (open it in a browser), `demo.mp4`,
@@ -20,11 +21,13 @@ from typing import Optional
 
 import numpy as np
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                  "demo_checkpoint")
+from oclr_jax.errors import UserError
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "assets", "demo_checkpoint")
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError, RuntimeError):
     """The demo's input cannot be used (unreadable or too short video, missing checkpoint)."""
 
 
@@ -94,11 +97,13 @@ def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
     return np.stack(frames), float(fps)
 
 
-def video_clip(path: str, config, max_frames: int, flow_height: int) -> Clip:
-    """Frames of a user video with DIS flow at gaps +1/-1, resized to the model resolution.
+def video_clip(path: str, config, max_frames: int, flow_height: int,
+               raft_checkpoint: Optional[str] = None, raft_iters: int = 20) -> Clip:
+    """Frames of a user video with flow at gaps +1/-1, resized to the model resolution.
 
-    DIS is computed at `flow_height` rows (the aspect kept) and the field is then resized with
-    its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
+    The flow is RAFT's when `raft_checkpoint` (raft-things.pth or its .npz) is given, else
+    OpenCV DIS.  It is computed at `flow_height` rows (the aspect kept) and the field is then
+    resized with its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
     """
     import cv2
 
@@ -110,7 +115,20 @@ def video_clip(path: str, config, max_frames: int, flow_height: int) -> Clip:
     scale = min(1.0, flow_height / height)
     size = (max(16, int(round(width * scale))), max(16, int(round(height * scale))))
     small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in rgb])
-    flow_fwd, flow_bwd = estimate_flows(small)
+    if raft_checkpoint:
+        from oclr_jax.flow.frames import FramesError
+        from oclr_jax.flow.video import raft_clip_flows
+        from oclr_jax.flow.weights import load_raft_variables
+
+        variables, _ = load_raft_variables(raft_checkpoint)
+        try:
+            flow_fwd, flow_bwd = raft_clip_flows(small, variables, iters=raft_iters)
+        except FramesError as error:
+            raise DemoError(f"{path}: {error} (or raise --flow-height)") from error
+    else:
+        print("flow: OpenCV DIS, since no --raft-checkpoint was given; RAFT flow (raft-things.pth, "
+              "what the paper used) is much cleaner on real footage, see docs/flow.md", file=sys.stderr)
+        flow_fwd, flow_bwd = estimate_flows(small)
     model_h, model_w = config.data.resolution
     fwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_fwd])
     bwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_bwd])
@@ -143,7 +161,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     import jax.numpy as jnp
 
     from oclr_jax.compose import compose_modal, front_to_back
-    from oclr_jax.inference import cut_windows, stitch, upsample_layers
+    from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
 
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     windows = cut_windows(len(flow), window)
@@ -166,7 +184,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
 
 def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     """J per ground-truth object for modal and amodal masks, layers matched by modal IoU."""
-    from oclr_jax.metrics import iou_matrix, match_layers_to_objects
+    from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
 
     to_tk = lambda m: np.moveaxis(m, -1, 1)  # (N, H, W, K) -> (N, K, H, W)
     object_of_layer = match_layers_to_objects(to_tk(prediction.modal), to_tk(clip.gt_modal))
@@ -201,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="synthetic clip length (default: 3 windows of the model's T)")
     parser.add_argument("--max-frames", type=int, default=150, help="video: frames to read")
     parser.add_argument("--flow-height", type=int, default=480,
-                        help="video: rows at which DIS flow is computed (default 480)")
+                        help="video: rows at which flow is computed (default 480)")
+    parser.add_argument("--raft-checkpoint", help="video: RAFT weights (raft-things.pth or its .npz) "
+                        "to compute the flow with RAFT instead of OpenCV DIS")
+    parser.add_argument("--raft-iters", type=int, default=20, help="video: RAFT iterations (default 20)")
     return parser
 
 
@@ -210,8 +231,10 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.report import write_report
+    from oclr_jax.demo.report import write_report
 
+    if args.raft_checkpoint and not args.video:
+        raise DemoError("--raft-checkpoint is for --video (the synthetic clip has exact flow)")
     if not os.path.exists(args.checkpoint):
         raise DemoError(f"{args.checkpoint}: checkpoint not found")
     try:
@@ -222,7 +245,8 @@ def main(argv=None) -> int:
     with tqdm(total=4, desc="demo", unit="step") as bar:
         bar.set_postfix_str("reading clip")
         if args.video:
-            clip = video_clip(args.video, config, args.max_frames, args.flow_height)
+            clip = video_clip(args.video, config, args.max_frames, args.flow_height,
+                              args.raft_checkpoint, args.raft_iters)
         else:
             clip = synthetic_clip(config, args.seed, args.index, args.frames or 3 * window)
         bar.update(1)
@@ -238,10 +262,3 @@ def main(argv=None) -> int:
     print(f"open {os.path.join(os.path.abspath(args.out), 'index.html')}")
     return 0
 
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DemoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

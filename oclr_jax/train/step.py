@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from oclr_jax import compose, losses, matching, optim, sharding
+from oclr_jax import compose, losses, matching, sharding
+from oclr_jax.train import optim
 from oclr_jax.model import init_key
 
 TRAIN_KEYS = ("flow", "amodal")  # what the train step reads from a batch.

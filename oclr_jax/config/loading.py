@@ -1,9 +1,12 @@
-"""Loading `ml_collections` configs from `configs/*.py` files, with command-line overrides.
+"""Loading `ml_collections` configs from files, with command-line overrides.
 
 A config file defines `get_config(arg: str | None = None) -> ConfigDict`.  A spec is
 `path/to/file.py` or `path/to/file.py:arg` (the `:arg` is handed to `get_config`, the
-big_vision `:runlocal` idiom).  Overrides are `dotted.key=value` strings whose value is parsed
-as a Python literal and must keep the type of the field it replaces.
+big_vision `:runlocal` idiom), or the name of a config that ships inside the package
+(`paper`, also accepted as `oclr_paper` / `oclr_paper.py`), which needs no checkout.
+Config files build on the packaged defaults by importing `oclr_jax.config.paper`; nothing is
+put on `sys.path`.  Overrides are `dotted.key=value` strings whose value is parsed as a Python
+literal and must keep the type of the field it replaces.
 """
 
 from __future__ import annotations
@@ -11,23 +14,24 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import sys
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import ml_collections
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from oclr_jax.config import paper
+from oclr_jax.errors import UserError
+
+# Configs that ship inside the package, by the names a command line may give them.
+PACKAGED_CONFIGS: dict[str, Callable[..., ml_collections.ConfigDict]] = {
+    "paper": paper.get_config, "oclr_paper": paper.get_config,
+}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong."""
 
 
 def _import_file(path: str):
-    # configs/ files import each other as the `configs` package (tiny.py shrinks oclr_paper.py).
-    for root in (_REPO_ROOT, os.path.dirname(os.path.dirname(os.path.abspath(path)))):
-        if root not in sys.path:
-            sys.path.insert(0, root)
     name = "_oclr_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -39,14 +43,20 @@ def _import_file(path: str):
     return module
 
 
+def packaged_config_name(path: str) -> str | None:
+    """The packaged config a spec names (`paper`, `oclr_paper.py`), or None for a file path."""
+    name = path.removesuffix(".py")
+    if name in PACKAGED_CONFIGS and not os.path.isfile(path):
+        return name
+    return None
+
+
 def resolve_config_path(path: str) -> str:
-    """Finds a config file given as a path, or as a bare name under the repository's configs/."""
-    candidates = [path, os.path.join(_REPO_ROOT, path), os.path.join(_REPO_ROOT, "configs", path),
-                  os.path.join(_REPO_ROOT, "configs", path + ".py")]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise ConfigError(f"config file {path!r} not found (looked in: {', '.join(candidates)})")
+    """The config file a spec names; an error naming the spec when there is none."""
+    if os.path.isfile(path):
+        return path
+    raise ConfigError(f"config file {path!r} not found", where="--config",
+                      fix=f"give a config file path, or one of {sorted(PACKAGED_CONFIGS)}")
 
 
 def parse_value(text: str):
@@ -87,8 +97,10 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Loads `file.py[:arg]` and applies the overrides.  Returns an unlocked ConfigDict."""
     path, _, arg = spec.partition(":")
-    module = _import_file(resolve_config_path(path))
-    config = module.get_config(arg) if arg else module.get_config()
+    packaged = packaged_config_name(path)
+    get_config = (PACKAGED_CONFIGS[packaged] if packaged
+                  else _import_file(resolve_config_path(path)).get_config)
+    config = get_config(arg) if arg else get_config()
     config = ml_collections.ConfigDict(config)
     for assignment in overrides:
         apply_override(config, assignment)

@@ -4,7 +4,7 @@ Configs: `davis2016`, `davis2017m` (DAVIS2017-motion), `segtrackv2`, `fbms59`, `
 packages a user's local copy in its standard layout (see `oclr_jax.data.benchmarks`, whose
 readers do the reading) with precomputed RAFT flows in `Flows_gap1/` and `Flows_gap-1/`:
 
-    tfds build oclr_jax/data/tfds_benchmarks.py --config davis2016 --manual_dir /data/DAVIS
+    tfds build oclr_jax/data/tfds/benchmarks.py --config davis2016 --manual_dir /data/DAVIS
 
 The manual dir is the benchmark folder itself or holds it as `<manual_dir>/<dataset>` (e.g.
 `davis2016/`);

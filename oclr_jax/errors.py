@@ -1,0 +1,124 @@
+"""The one error model of every command line: user mistakes, interruptions, real bugs.
+
+- A `UserError` (or subclass) is a mistake in what the user gave us: a flag, a file, a config
+  value.  The CLI wrapper prints it as `error: <what> (<where>): <what to do>` and exits with
+  status 2, without a traceback.
+- Ctrl-C (SIGINT) and SIGTERM both mean "stop": a command with work to save installs a
+  `StopSignal` and checks it between units of work, so both save and exit the same way; any
+  other command ends with `interrupted` and status 130 (SIGINT) or 143 (SIGTERM), no traceback.
+- Anything else is a bug and keeps its traceback.
+
+Every `__main__` runs through `run_cli`, so this is the only place that decides how a command
+ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Callable, Optional, Sequence
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported without a traceback.
+
+    Attributes:
+      what: what is wrong ("checkpoint config is not valid JSON").
+      where: the file, folder or flag at fault ("runs/a/config.json", "--threshold"), if any.
+      fix: what to do about it ("re-export the checkpoint"), if there is advice to give.
+    """
+
+    def __init__(self, what: str, where: Optional[str] = None, fix: Optional[str] = None):
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.fix = fix
+
+    def __str__(self) -> str:
+        text = self.what
+        if self.where:
+            text += f" ({self.where})"
+        if self.fix:
+            text += f": {self.fix}"
+        return text
+
+
+class Interrupted(Exception):
+    """Raised by `StopSignal.raise_if_set` where a command has nothing left to save."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignal:
+    """SIGINT and SIGTERM both set a flag that long-running loops poll between units of work.
+
+    Use as a context manager; the previous handlers come back on exit.  Only the main thread
+    may install signal handlers, so elsewhere this is a flag that is never set.
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+        self._signals = tuple(signals)
+        self._previous: dict[int, object] = {}
+        self.event = threading.Event()
+        self.signum: Optional[int] = None
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        self.event.set()
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def raise_if_set(self) -> None:
+        if self.event.is_set():
+            raise Interrupted(self.signum or signal.SIGINT)
+
+
+def _exit_status_for_signal(signum: int) -> int:
+    return 128 + int(signum)
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
+            argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a command's `main(argv)` under the error model above; returns the exit status."""
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM behaves like Ctrl-C for commands that install no StopSignal of their own.
+        def _term(signum, _frame):
+            raise Interrupted(signum)
+        previous_term = signal.signal(signal.SIGTERM, _term)
+    try:
+        status = main(argv)
+        return int(status or 0)
+    except UserError as error:
+        sys.stdout.flush()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        sys.stdout.flush()
+        print(f"interrupted ({signal.Signals(stop.signum).name})", file=sys.stderr)
+        return _exit_status_for_signal(stop.signum)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("interrupted (SIGINT)", file=sys.stderr)
+        return _exit_status_for_signal(signal.SIGINT)
+    except BrokenPipeError:
+        # `... | head` closed our stdout: not an error of ours or the user's.
+        return 0
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)

@@ -1,0 +1,51 @@
+"""The trainer's resumable state on disk: orbax checkpoints of a `TrainState` in `DIR/checkpoints`.
+
+Each checkpoint holds the params, the optimizer state, the step and the dropout key, plus a
+JSON record of the data position (the input stream is a pure function of the step, so resuming
+at a step replays exactly the batches that follow it).  The exported model folder that eval,
+the port and the demo read is a different format: `oclr_jax.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import flax
+import jax
+import orbax.checkpoint as ocp
+
+from oclr_jax.train.step import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_manager(workdir: str, config):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.train.keep_checkpoints), create=True,
+        enable_async_checkpointing=bool(config.train.get("async_checkpointing", True)))
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                                 options=options)
+
+
+def save_state(manager, state: TrainState) -> None:
+    step = int(jax.device_get(state.step))
+    meta = {"step": step, "data_position": step}
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_latest(manager, abstract_state: TrainState) -> Optional[TrainState]:
+    """The newest checkpoint restored into the abstract state's shardings, or None."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    target = flax.serialization.to_state_dict(abstract_state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = flax.serialization.from_state_dict(abstract_state, restored["state"])
+    if int(restored["meta"]["data_position"]) != int(jax.device_get(state.step)):
+        raise ValueError(f"checkpoint {step} in {manager.directory}: data position "
+                         f"{restored['meta']['data_position']} != step {state.step}")
+    return state
