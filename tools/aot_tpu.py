@@ -3,8 +3,8 @@
 With libtpu installed (`pip install "jax[tpu]==0.10.2"`, or the `tpu` extra),
 `jax.experimental.topologies` gives compile-only devices of a named TPU slice (e.g. v5e:16x16 =
 256 chips).  This tool builds the mesh the trainer builds over them, the exact jitted functions
-the trainer and `python -m oclr_jax.eval` run (`train_step.make_train_step`,
-`train_step.make_eval_step`, `inference.make_window_step`) with their shardings, and compiles
+the trainer and `python -m oclr_jax.eval` run (`oclr_jax.train.step.make_train_step`,
+`make_eval_step`, `oclr_jax.eval.inference.make_window_step`) with their shardings, and compiles
 them for the slice.  Nothing executes.  Per configuration it prints one JSON line: per-chip HBM
 (arguments, temporaries, outputs) against the chip's capacity, XLA's FLOPs and bytes accessed
 per chip, and the compile time; a program that does not fit HBM fails with RESOURCE_EXHAUSTED
@@ -60,9 +60,9 @@ def hbm_capacity(topology: str):
 
 
 def load_config(tiny: bool, overrides):
-    from oclr_jax import config_lib
+    from oclr_jax.config import loading
     name = "tiny.py" if tiny else "oclr_paper.py"
-    return config_lib.load_config(os.path.join(REPO, "configs", name), list(overrides))
+    return loading.load_config(os.path.join(REPO, "configs", name), list(overrides))
 
 
 def _abstract_batch(config, global_batch: int, mesh, step: str) -> dict:
@@ -88,8 +88,11 @@ def lower_step(config, devices, per_chip_batch: int, step: str = "train",
                compiler_options=None):
     """`jax.stages.Lowered` of the named step for a 1-D data mesh over `devices` with
     `per_chip_batch` sequences per device (the trainer's mesh and shardings)."""
-    from oclr_jax import inference, optim, sharding, train_step
+    from oclr_jax import sharding
+    from oclr_jax.eval import inference
     from oclr_jax.model import model_from_config
+    from oclr_jax.train import optim
+    from oclr_jax.train import step as train_step
 
     mesh = sharding.make_data_mesh(devices)
     in_channels = 2 * len(config.data.gaps)
@@ -240,6 +243,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.platform == "cpu":  # no TPU initialisation (and no libtpu lock) for CPU compiles
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.platform == "tpu" and not libtpu_available():
         print('error: libtpu is not installed (--platform tpu): pip install "jax[tpu]==0.10.2" '
               "or use --platform cpu", file=sys.stderr)
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
     topologies = args.topology or (["cpu"] if args.platform == "cpu" else DEFAULT_TOPOLOGIES)
     combos = list(itertools.product(args.step or ["train"], args.dtype or ["bfloat16"],
                                     args.remat or [False], args.matcher or [None]))
-    from oclr_jax import train_step
+    from oclr_jax.train import step as train_step
     for topology in topologies:
         try:
             devices = jax.devices("cpu") if args.platform == "cpu" else topology_devices(topology)
@@ -265,7 +270,7 @@ def main(argv=None) -> int:
                 overrides.append(f"loss.matcher={matcher}")
             try:
                 config = load_config(args.tiny, overrides)
-            except (ValueError, KeyError, AttributeError) as error:
+            except Exception as error:  # UserError / ValueError from the loader
                 print(f"error: bad --set override: {error}", file=sys.stderr)
                 return 2
             # The trainer's CPU choices on CPU; none for TPU (the CPU flags do not exist there).
