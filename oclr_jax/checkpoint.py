@@ -60,6 +60,8 @@ def _config_to_json(config: ml_collections.ConfigDict) -> str:
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
     raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, found {type(raw).__name__}")
     if "data" in raw and "gaps" in raw["data"]:
         raw["data"]["gaps"] = tuple(raw["data"]["gaps"])
     if "data" in raw and "resolution" in raw["data"]:
@@ -104,8 +106,8 @@ def check_params_match(params: Any, config: ml_collections.ConfigDict, source: s
 
 def _flat_shapes(tree: Any) -> dict[str, tuple]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
-            for path, leaf in flat}
+    return {"/".join(str(getattr(k, "key", k)) for k in path):
+            tuple(getattr(leaf, "shape", None) or np.shape(leaf)) for path, leaf in flat}
 
 
 def is_torch_checkpoint(path: str) -> bool:
@@ -143,18 +145,58 @@ def load_checkpoint(path: str, model_source: str = "auto"):
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(resolve_checkpoint_dir(path))
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        config = config_from_json(f.read())
+    config = read_checkpoint_config(os.path.join(directory, CONFIG_FILE))
     params_dir = os.path.join(directory, PARAMS_DIR)
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{directory}: has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
-    target = abstract_params(config)
+    # The stored tree first (names and shapes only): a mismatch names every key with the
+    # expected and found shapes, instead of a failure deep inside the restore.
     try:
-        params = ocp.StandardCheckpointer().restore(params_dir, target)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{params_dir}: params do not fit the model its config describes: "
-                              f"{e}") from e
+        stored = ocp.StandardCheckpointer().metadata(params_dir)
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad folders.
+        raise CheckpointError(f"{params_dir}: not a readable orbax checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+    check_params_match(getattr(stored, "item_metadata", stored), config,
+                       source=f"{params_dir} (against {CONFIG_FILE})")
+    try:
+        params = ocp.StandardCheckpointer().restore(params_dir, abstract_params(config))
+    except Exception as e:  # noqa: BLE001 - missing or corrupt array files, after the check above.
+        raise CheckpointError(f"{params_dir}: cannot read the stored params ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}); the folder is damaged: "
+                              "copy or export it again") from e
     return model_for(config), params, config
+
+
+REQUIRED_CONFIG_KEYS = ("model.num_queries", "model.unet_features", "model.num_layers",
+                        "model.num_heads", "model.ff_dim", "data.gaps", "data.resolution",
+                        "data.num_frames")
+
+
+def read_checkpoint_config(path: str) -> ml_collections.ConfigDict:
+    """A checkpoint's config.json, checked readable, complete and in range (names the key)."""
+    from oclr_jax.config.checks import check_config
+
+    try:
+        with open(path) as f:
+            config = config_from_json(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint config ({e})") from e
+    except ValueError as e:
+        raise CheckpointError(f"{path}: checkpoint config is not valid JSON ({e}); the file is "
+                              "damaged: copy or export the checkpoint again") from e
+    missing = []
+    for key in REQUIRED_CONFIG_KEYS:
+        section, field = key.split(".")
+        if section not in config or field not in config[section]:
+            missing.append(key)
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint config lacks {', '.join(missing)}; it is not "
+                              "a complete oclr-jax model config")
+    try:
+        check_config(config, ("model", "data"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return config
 
 
 def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
@@ -183,7 +225,12 @@ def _load_torch(path: str):
     from oclr_jax.port.convert import torch_state_dict_to_flax
     from oclr_jax.port.torch_io import load_torch_checkpoint_file
 
-    state_dict, _ = load_torch_checkpoint_file(path)
-    params, inferred = torch_state_dict_to_flax(state_dict)
+    from oclr_jax.port.convert import PortError
+
+    try:  # No advice about a pickle flag: the commands that load models have none.
+        state_dict, _ = load_torch_checkpoint_file(path, pickle_hint=None)
+        params, inferred = torch_state_dict_to_flax(state_dict)
+    except PortError as e:
+        raise CheckpointError(str(e)) from e
     config = config_from_inferred(inferred)
     return model_for(config), jax.tree_util.tree_map(jnp.asarray, params), config

@@ -14,6 +14,7 @@ ends.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -122,3 +123,50 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_output_dir(path: str, flag: str, marker: str) -> str:
+    """The absolute path of an output folder a command may (re)write, or a UserError.
+
+    A command writes into a new folder, or replaces one that holds its own earlier output
+    (the `marker` file it writes there) or nothing at all; it refuses anything else, so that it
+    never deletes what it did not write.  Called before any work, so a bad path fails at once.
+
+    Refused: a file; a folder holding files without `marker`; the working directory, one of its
+    ancestors, or the home folder (replacing them would pull the ground from under the user's
+    shell even when empty); a place whose nearest existing parent is not writable.
+    """
+    absolute = os.path.abspath(path)
+    if os.path.exists(absolute) and not os.path.isdir(absolute):
+        raise UserError("output path is a file, not a folder", f"{flag} {path}",
+                        "give a folder name that does not exist yet")
+    cwd = os.path.abspath(os.getcwd())
+    home = os.path.abspath(os.path.expanduser("~"))
+    if absolute == home or cwd == absolute or cwd.startswith(absolute.rstrip(os.sep) + os.sep):
+        raise UserError("output folder is the working directory, one of its parents or the "
+                        "home folder, which this command would replace", f"{flag} {path}",
+                        "give a new folder, e.g. demo_out")
+    if os.path.isdir(absolute):
+        try:
+            entries = os.listdir(absolute)
+        except OSError as e:
+            raise UserError(f"cannot read the output folder ({e.strerror})", f"{flag} {path}",
+                            "give a new folder") from None
+        if entries and marker not in entries:
+            raise UserError(f"output folder holds {len(entries)} entries that this command did "
+                            f"not write (no {marker} marker)", f"{flag} {path}",
+                            "give a new folder, or remove this one yourself")
+    parent = _nearest_existing(os.path.dirname(absolute))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the output folder: {parent} is not a writable folder",
+                        f"{flag} {path}", "give a folder in a writable place")
+    return absolute

@@ -76,6 +76,7 @@ class SpaceTimeTransformerEncoder(nn.Module):
       deterministic: disables dropout.
       dtype: compute dtype.
       remat: rematerialise each layer.
+      attention, attention_chunk: attention implementation (modules/transformer.py).
     """
 
     num_layers: int = 3
@@ -86,6 +87,8 @@ class SpaceTimeTransformerEncoder(nn.Module):
     deterministic: bool = True
     dtype: Dtype = jnp.float32
     remat: bool = False
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, bottleneck: jnp.ndarray) -> jnp.ndarray:
@@ -95,6 +98,7 @@ class SpaceTimeTransformerEncoder(nn.Module):
         allowed = same_frame_allowed(t, h * w) if self.same_frame_mask else None
         tokens = TransformerStack(EncoderLayer, self.num_layers, self.num_heads, self.ff_dim,
                                   self.dropout_rate, self.deterministic, self.dtype, self.remat,
+                                  self.attention, self.attention_chunk,
                                   name="transformer_encoder")(tokens, allowed)
         return tokens.reshape(b, t, h, w, c)
 
@@ -114,6 +118,8 @@ class QueryTransformerDecoder(nn.Module):
     deterministic: bool = True
     dtype: Dtype = jnp.float32
     remat: bool = False
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, encoded: jnp.ndarray) -> jnp.ndarray:
@@ -127,6 +133,7 @@ class QueryTransformerDecoder(nn.Module):
         memory = encoded.reshape(b, t * h * w, c)
         return TransformerStack(DecoderLayer, self.num_layers, self.num_heads, self.ff_dim,
                                 self.dropout_rate, self.deterministic, self.dtype, self.remat,
+                                self.attention, self.attention_chunk,
                                 name="transformer_decoder")(queries, memory)
 
 
@@ -184,6 +191,9 @@ class OCLR(nn.Module):
       in_channels: expected input channels (2 per flow gap); checked when set.
       dtype: compute dtype; params are float32 and outputs are cast to float32.
       remat: rematerialise U-Net blocks and transformer layers to save activation memory.
+      attention: 'dense' (scores materialised) or 'chunked' (blocks of query rows recomputed in
+        the backward pass; same outputs, less memory); see modules/transformer.py.
+      attention_chunk: at most this many query rows per block of 'chunked' (0: 256).
     """
 
     num_queries: int = 3
@@ -196,6 +206,8 @@ class OCLR(nn.Module):
     in_channels: Optional[int] = None
     dtype: Dtype = jnp.float32
     remat: bool = False
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, flow: jnp.ndarray, *, train: bool = False) -> dict:
@@ -205,7 +217,8 @@ class OCLR(nn.Module):
         deterministic = not train
         transformer = dict(num_layers=self.num_layers, num_heads=self.num_heads,
                            ff_dim=self.ff_dim, dropout_rate=self.dropout_rate,
-                           deterministic=deterministic, dtype=self.dtype, remat=self.remat)
+                           deterministic=deterministic, dtype=self.dtype, remat=self.remat,
+                           attention=self.attention, attention_chunk=self.attention_chunk)
 
         frames = flow.astype(self.dtype).reshape(b * t, height, width, channels)
         skips, bottleneck = UNetEncoder(self.unet_features, self.dtype, self.remat,
@@ -248,7 +261,9 @@ def model_from_config(model_config, in_channels: Optional[int] = None) -> OCLR:
                 num_layers=model_config.num_layers, num_heads=model_config.num_heads,
                 ff_dim=model_config.ff_dim, dropout_rate=model_config.dropout_rate,
                 same_frame_mask=model_config.same_frame_mask, in_channels=in_channels,
-                dtype=dtype, remat=model_config.get("remat", False))
+                dtype=dtype, remat=model_config.get("remat", False),
+                attention=model_config.get("attention", "dense"),
+                attention_chunk=int(model_config.get("attention_chunk", 0)))
 
 
 def init_params(model: OCLR, rng: jax.Array, flow_shape: Sequence[int]) -> dict:

@@ -29,9 +29,9 @@ def test_demo_on_synthetic_clip_with_shipped_checkpoint(tmp_path):
     assert demo.main(["--out", str(out), "--frames", "16"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 16
-    for name in ("index.html", "demo.mp4", "demo.gif", "preview.png"):
+    for name in ("index.html", "demo.webm", "demo.gif", "preview.png"):
         assert (out / name).stat().st_size > 0, name
-    ok, count = _decodes(str(out / "demo.mp4"))
+    ok, count = _decodes(str(out / "demo.webm"))
     assert ok and count == 16
     gif = Image.open(out / "demo.gif")
     assert gif.n_frames == 16
@@ -73,7 +73,7 @@ def test_demo_on_user_video(tmp_path):
     masks = sorted(os.listdir(out / "masks"))
     assert len(masks) == 12
     assert np.asarray(Image.open(out / "masks" / masks[0])).shape == (96, 128)
-    ok, count = _decodes(str(out / "demo.mp4"))
+    ok, count = _decodes(str(out / "demo.webm"))
     assert ok and count == 12
 
 

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.same_frame_mask = True     # tokens attend only to other frames.
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32).
     config.model.remat = False              # rematerialise U-Net and transformer blocks.
+    config.model.attention = "dense"        # dense | chunked (same outputs; blocks of query rows
+                                            # recomputed in the backward pass: less memory).
+    config.model.attention_chunk = 0        # max query rows per chunked block (0: 256).
 
     # Data (DESIGN.md §1, §4).
     config.data = ml_collections.ConfigDict()

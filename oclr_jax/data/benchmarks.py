@@ -241,9 +241,10 @@ class Benchmark:
                 f"{self.layout.image_dir}/<sequence>/<frame>.jpg; see oclr_jax/data/benchmarks.py)")
         self.annotation_root = self._find_annotation_root(annotation_dir) if load_annotations \
             else None
-        self.moca_boxes = None
+        self.moca_boxes = self.moca_csv = None
         if load_annotations and self.layout.annotation_kind == "boxes":
-            self.moca_boxes = read_moca_csv(self._find_moca_csv(annotations_csv))
+            self.moca_csv = self._find_moca_csv(annotations_csv)
+            self.moca_boxes = read_moca_csv(self.moca_csv)
         self.flow_roots = self._find_flow_roots(gaps, flow_dir_name)
         self.sequences = self._select_sequences(sequences)
 
@@ -304,6 +305,29 @@ class Benchmark:
         if not names:
             raise BenchmarkError(f"{self.image_root}: no sequence folders")
         return names
+
+    def sequence_files(self, name: str) -> list[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file a sequence's result depends on: its frames,
+        flows (every flow folder), annotations and the MoCA CSV.  Cheap (stat only); used to
+        key cached results, so a changed or different folder is never mistaken for this one."""
+        folders = [os.path.join(self.image_root, name)]
+        folders += [os.path.join(root, name) for _, root in sorted(self.flow_roots.items())]
+        if self.annotation_root:
+            folders.append(os.path.join(self.annotation_root, name))
+        files = []
+        for folder in folders:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_file():
+                    stat = entry.stat()
+                    files.append((os.path.abspath(entry.path), stat.st_size, stat.st_mtime_ns))
+        if self.layout.annotation_kind == "boxes" and self.moca_csv:
+            stat = os.stat(self.moca_csv)
+            files.append((os.path.abspath(self.moca_csv), stat.st_size, stat.st_mtime_ns))
+        return files
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -369,7 +393,9 @@ class Benchmark:
         reader = masks_io.read_label_png if kind == "labels" else masks_io.read_binary_png
         labels = [reader(files[frames[i]]).astype(np.uint8) for i in annotated]
         _check_same_size(labels, [files[frames[i]] for i in annotated])
-        return {"annotated": tuple(annotated), "labels": np.stack(labels)}
+        labels = np.stack(labels)
+        _check_objects(kind, labels, [files[frames[i]] for i in annotated], folder)
+        return {"annotated": tuple(annotated), "labels": labels}
 
     def _read_boxes(self, name: str, frames: tuple[str, ...]) -> dict:
         per_frame = self.moca_boxes.get(name)
@@ -395,7 +421,45 @@ class Benchmark:
         except official_layout.LayoutError as e:
             raise BenchmarkError(str(e)) from e
         _check_same_size(masks, [os.path.join(self.annotation_root, name, f) for f in frames])
-        return {"annotated": tuple(range(len(frames))), "amodal": np.stack(masks)}
+        masks = np.stack(masks)
+        empty = np.flatnonzero(~masks.any(axis=(0, 1, 2)))
+        if empty.size:
+            k = int(empty[0]) + 1
+            raise BenchmarkError(
+                f"{os.path.join(self.annotation_root, name, f'{k}_*.png')}: object {k} is empty "
+                f"in every frame of {name!r}; an empty object would score J = 1 for an empty "
+                "layer: remove it (and lower the object count in the sequence name) or fix its "
+                "masks")
+        return {"annotated": tuple(range(len(frames))), "amodal": masks}
+
+
+def _check_objects(kind: str, labels: np.ndarray, paths: list[str], folder: str) -> None:
+    """Ground truth that would score something else than the user meant is an error.
+
+    - binary datasets: foreground in no annotated frame (e.g. masks in a convention read as
+      empty) would score J = 0 or 1 regardless of the prediction;
+    - object ids (DAVIS 2017): the evaluator's objects are 1..max id of the first annotation,
+      so ids that are not 1..N there create phantom objects that score J = 1 each.
+    """
+    if kind == "binary":
+        if not labels.any():
+            raise BenchmarkError(
+                f"{folder}: every annotation is empty (no foreground pixel in {len(paths)} "
+                "masks); binary masks must be white (255) or palette id 1 on black, and a "
+                "sequence needs a moving object to be scored")
+        return
+    first = labels[0]
+    ids = sorted(int(i) for i in np.unique(first) if i not in (0, 255))
+    if not ids:
+        raise BenchmarkError(f"{paths[0]}: the first annotation holds no object id; the DAVIS "
+                             "2017 evaluator takes the objects from it (ids 1..N)")
+    expected = list(range(1, ids[-1] + 1))
+    if ids != expected:
+        missing = sorted(set(expected) - set(ids))
+        raise BenchmarkError(
+            f"{paths[0]}: object ids {ids} are not 1..{len(ids)} (missing {missing}); the "
+            "evaluator counts objects 1..max id, so each missing id would be an empty phantom "
+            "object scoring J = 1: renumber the objects 1..N in every annotation")
 
 
 def _check_same_size(arrays: list[np.ndarray], paths: list[str]) -> None:

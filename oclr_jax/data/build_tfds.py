@@ -107,8 +107,113 @@ def _benchmark_builder(args, config_name: str):
         flow_dir_name=args.flow_dir_name or benchmarks.DEFAULT_FLOW_DIR)
 
 
-def main(argv=None) -> None:
+def _check_args(args) -> None:
+    """Argument mistakes, before TensorFlow is even imported."""
+    from oclr_jax.errors import UserError
+
+    for flag in ("num_sequences", "num_frames"):
+        value = getattr(args, flag)
+        if value is not None and value < (1 if flag == "num_sequences" else 2):
+            raise UserError(f"must be at least {1 if flag == 'num_sequences' else 2}, got {value}",
+                            f"--{flag}")
+    if args.resolution is not None and min(args.resolution) < 16:
+        raise UserError(f"must be at least 16 16, got {args.resolution}", "--resolution")
+    for flag in ("manual_dir", "source_dir", "texture_dir", "silhouette_dir",
+                 "background_video_dir"):
+        value = getattr(args, flag)
+        if value is not None and not os.path.isdir(value):
+            raise UserError("folder does not exist", f"--{flag} {value}")
+    if args.data_dir is not None and os.path.exists(args.data_dir) and not os.path.isdir(
+            args.data_dir):
+        raise UserError("is a file, not a folder", f"--data_dir {args.data_dir}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _stop_with_workers_on_signal() -> None:
+    """Ctrl-C or SIGTERM end this build and every worker it started (Beam's SDK workers).
+
+    While Beam runs, the main thread waits inside gRPC, where a Python signal handler never
+    gets to run: the signals are blocked here, before any thread exists (threads inherit the
+    mask), and a watcher thread takes them with sigwait, ends the workers and exits.  An
+    unfinished tfds build stays in its temporary folder and a rerun starts the split again.
+    """
+    import signal
+    import threading
+
+    stop = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "pthread_sigmask"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+
+    def watch():
+        signum = signal.sigwait(stop)
+        try:
+            workers = _descendants(os.getpid())
+        except Exception:  # noqa: BLE001 - exiting matters more than the list
+            workers = []
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        print(f"interrupted ({signal.Signals(signum).name}); ended {len(workers)} worker "
+              "process(es); rerun to build again", file=sys.stderr, flush=True)
+        os._exit(128 + int(signum))  # noqa: SLF001 - the main thread is stuck in C code
+
+    threading.Thread(target=watch, name="stop-on-signal", daemon=True).start()
+
+
+def main(argv=None) -> int:
+    """Builds one dataset; user mistakes (arguments, missing folders, unreadable files met
+    while building) raise UserError, printed by `run_cli` without a traceback."""
+    if __name__ == "__main__":  # a command of its own: signals end it and its workers
+        _stop_with_workers_on_signal()  # first: before numpy's and TF's threads exist
+    from oclr_jax.data.benchmarks import BenchmarkError
+    from oclr_jax.data.flow_io import FlowFileError
+    from oclr_jax.data.masks_io import MaskFileError
+    from oclr_jax.data.official_layout import LayoutError
+    from oclr_jax.errors import UserError
+
     args = _parse_args(argv)
+    _check_args(args)
+    try:
+        _build(args)
+    except SystemExit as e:  # the builders' own one-line refusals
+        if isinstance(e.code, str):
+            raise UserError(e.code) from None
+        raise
+    except (BenchmarkError, FlowFileError, MaskFileError, LayoutError) as e:
+        raise UserError(f"{e} (nothing was published: tfds keeps an unfinished build in a "
+                        "temporary folder)") from None
+    except AssertionError as e:  # tfds' way to say the manual folder is missing or empty
+        if "Manual directory" not in str(e):
+            raise
+        raise UserError(str(e).splitlines()[0], "--manual_dir",
+                        "pass the benchmark folder with --manual_dir") from None
+    return 0
+
+
+def _build(args) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
@@ -134,7 +239,6 @@ def main(argv=None) -> None:
     print(f"{info.full_name} in {builder.data_dir}: "
           + ", ".join(f"{split} {s.num_examples} examples" for split, s in info.splits.items()),
           file=sys.stderr)
-
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ _FLO_MAGIC_BYTES = np.array([FLO_MAGIC], dtype="<f4").tobytes()
 _KITTI_SCALE = 64.0
 _KITTI_OFFSET = 2.0**15
 FLOW_EXTENSIONS = (".flo", ".npy", ".png")
+# The Middlebury `.flo` convention marks unknown flow with |value| >= 1e9 (flow-code's
+# UNKNOWN_FLOW_THRESH); no real displacement is that large, and the model needs a flow at
+# every pixel, so such a file is refused rather than fed to it as a huge motion.
+UNKNOWN_FLOW_THRESHOLD = 1e9
 
 
 class FlowFileError(UserError, ValueError):
@@ -34,6 +38,13 @@ def _check_flow_array(flow: np.ndarray, path: str, allow_nonfinite: bool) -> np.
     if not allow_nonfinite and not np.all(np.isfinite(flow)):
         bad = int(np.size(flow) - np.count_nonzero(np.isfinite(flow)))
         raise FlowFileError(f"{path}: flow holds {bad} NaN/inf values")
+    unknown = np.abs(np.nan_to_num(flow)) >= UNKNOWN_FLOW_THRESHOLD
+    if unknown.any():
+        pixels = int(np.count_nonzero(unknown.any(axis=-1)))
+        raise FlowFileError(
+            f"{path}: {pixels} pixels hold flow values >= 1e9, the Middlebury marker of unknown "
+            "flow; the model needs a flow at every pixel: fill them (e.g. recompute the flow "
+            "with RAFT) before using this file")
     return flow
 
 
@@ -148,3 +159,24 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     resized = cv2.resize(np.asarray(flow, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     scale = np.array([width / old_w, height / old_h], np.float32)
     return (resized * scale).astype(np.float32)
+
+
+def check_flow_size(flow_size, image_size, path: str) -> None:
+    """Raises unless a flow of `flow_size` (h, w) can belong to frames of `image_size` (H, W).
+
+    Allowed: the same size; RAFT's padding to a multiple of 8 (up to 7 extra rows/columns);
+    or the same aspect (flow computed on resized frames: its vectors are in its own pixels and
+    `resize_flow` scales them).  Anything else (a transposed field, another sequence's flow)
+    would be resized into a wrong motion without a word.
+    """
+    h, w = (int(v) for v in flow_size)
+    height, width = (int(v) for v in image_size)
+    if (h, w) == (height, width) or (0 <= h - height < 8 and 0 <= w - width < 8):
+        return
+    # Same aspect up to the rounding of a resize (one pixel either way).
+    if abs(h * width - w * height) <= max(h, w, height, width):
+        return
+    raise FlowFileError(
+        f"{path}: flow of {h}x{w} (HxW) contradicts the frames of {height}x{width}: neither "
+        "the same size, RAFT's padding to a multiple of 8, nor the same aspect; is it the flow "
+        "of another sequence or stored transposed?")

@@ -75,9 +75,45 @@ def pack_amodal(amodal: np.ndarray) -> np.ndarray:
     return (np.asarray(amodal, np.uint8) * weights).sum(-1, dtype=np.uint8)
 
 
+class DataReadError(ValueError):
+    """A training/validation file is unreadable or wrong; the message names it (a user error,
+    surfaced from inside tf.data, where it would be a stack of TF tracebacks)."""
+
+
+# The first data error raised inside a tf.data worker thread, re-raised by `TrainIterator`.
+_read_errors: list[Exception] = []
+
+
+def _recording(read: Callable[[int], tuple]) -> Callable[[int], tuple]:
+    """`read`, remembering the data errors it raises (they reach Python as a TF OpError)."""
+    from oclr_jax.data import flow_io, masks_io, official_layout
+
+    def wrapped(index: int):
+        try:
+            return read(index)
+        except (flow_io.FlowFileError, masks_io.MaskFileError, official_layout.LayoutError,
+                OSError) as error:
+            if not _read_errors:
+                _read_errors.append(error)
+            raise
+
+    return wrapped
+
+
+def raise_recorded_read_error(op_error: Exception) -> None:
+    """Raises the data error behind a tf.data `op_error` as a DataReadError, if one was
+    recorded; returns otherwise (the caller re-raises `op_error`)."""
+    if _read_errors:
+        error = _read_errors[0]
+        raise DataReadError(f"{error} (while reading training data; fix or remove that "
+                            "sequence, then rerun: training resumes from the last checkpoint)"
+                            ) from None
+
+
 def _numpy_loader(read: Callable[[int], tuple], num_flow_channels: int,
                   resolution: tuple[int, int]) -> Callable[[tf.Tensor], dict]:
     """Wraps `read(index) -> (flow, amodal_bits, num_objects, name)` as a TF function."""
+    read = _recording(read)
 
     def load(index):
         flow, bits, num_objects, name = tf.numpy_function(
@@ -293,7 +329,11 @@ class TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except tf.errors.OpError as error:
+            raise_recorded_read_error(error)
+            raise
         self.step += 1
         return batch
 

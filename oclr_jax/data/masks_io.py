@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -128,18 +129,46 @@ def read_label_png(path: str) -> np.ndarray:
 
 
 def read_binary_png(path: str) -> np.ndarray:
-    """Foreground of a binary mask PNG: palette id != 0, or gray/colour mean > 127.5.
+    """Foreground of a binary mask PNG.  (H, W) bool.
 
-    (H, W) bool.  Matches the official OCLR reading of white-on-black annotations and accepts
-    the DAVIS 2016 0/255 grayscale files and palette files alike.
+    - palette PNGs: id != 0;
+    - grayscale or colour PNGs stored 0/255 (DAVIS 2016, the official white-on-black
+      annotations): value > 127.5, of the gray value or of the mean of R, G and B, which is
+      how the official OCLR and Motion Grouping evaluators read them;
+    - grayscale or colour PNGs stored 0/1 (a common near-miss: every value is 0 or 1, some 1):
+      value 1 is foreground, with a warning; read with the 127.5 rule they would be empty and
+      score J = 0 without a word;
+    - a colour PNG with pixels that are neither dark nor light in all channels alike (e.g. a
+      mask drawn in green): an error naming the colour, because the mean rule would silently
+      drop or keep such pixels depending on the colour.
     """
     image = _open(path)
     if image.mode == "P":
         return np.asarray(image, np.uint8) != 0
-    if image.mode in ("L", "1", "RGB", "RGBA"):
-        values = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA")
-                            else image.convert("L"), np.float64)
-        if values.ndim == 3:
-            values = values.mean(axis=-1)
-        return values > 127.5
-    raise MaskFileError(f"{path}: unsupported mask image mode {image.mode!r}")
+    if image.mode not in ("L", "1", "RGB", "RGBA", "I;16", "I"):
+        raise MaskFileError(f"{path}: unsupported mask image mode {image.mode!r}")
+    if image.mode in ("RGB", "RGBA"):
+        values = np.asarray(image.convert("RGB"), np.float64)
+    elif image.mode in ("I;16", "I"):
+        values = np.asarray(image, np.float64) / 257.0  # 16-bit 0/65535 -> 0/255.
+    else:
+        values = np.asarray(image.convert("L"), np.float64)
+    if values.size and values.max() == 1.0 and image.mode != "1":
+        warnings.warn(f"{path}: mask stored as 0/1 (not 0/255); reading value 1 as foreground",
+                      stacklevel=2)
+        values = values * 255.0
+    if values.ndim == 3:
+        by_mean = values.mean(axis=-1) > 127.5
+        by_any = (values > 127.5).any(axis=-1)
+        # Only clearly coloured pixels count (channels far apart), not anti-aliasing noise.
+        coloured = values.max(axis=-1) - values.min(axis=-1) > 64
+        disagree = (by_mean != by_any) & coloured
+        if disagree.any():
+            y, x = np.argwhere(disagree)[0]
+            rgb = tuple(int(v) for v in values[y, x])
+            raise MaskFileError(
+                f"{path}: colour mask with {int(disagree.sum())} pixels of colour {rgb} at "
+                f"(x={x}, y={y}) that are neither black nor white; binary masks must be white "
+                "on black (or an indexed palette PNG with id 1 for the object)")
+        return by_mean
+    return values > 127.5

@@ -167,11 +167,25 @@ def _read_png_channel(path: str) -> np.ndarray:
     if image is None:
         raise LayoutError(f"{path}: cannot decode PNG mask")
     if image.ndim == 3:
-        image = image[..., 2]  # OpenCV gives BGR(A): index 2 is red.
+        red = image[..., 2]  # OpenCV gives BGR(A): index 2 is red.
+        others = image[..., :2]
+        # A mask drawn in another colour would read as empty from the red channel.
+        if not red.any() and others.any():
+            raise LayoutError(
+                f"{path}: colour mask with nothing in the red channel but content in "
+                f"{'blue' if image[..., 0].any() else 'green'}; the official reader takes the red "
+                "channel: save masks as white (255) on black")
+        image = red
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        # 16-bit 0/65535 -> 0/255; a 16-bit 0/1 mask stays 0/1 (handled below).
+        image = (image >> 8 if image.max(initial=0) > 1 else image).astype(np.uint8)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise LayoutError(f"{path}: expected an 8-bit mask PNG, found {image.dtype} {image.shape}")
+    if image.max(initial=0) == 1:
+        # 0/1 masks read with the 0/255 threshold would be empty (a silent J of 0 or 1).
+        warnings.warn(f"{path}: mask stored as 0/1 (not 0/255); reading value 1 as foreground",
+                      stacklevel=2)
+        image = image * np.uint8(255)
     return image
 
 

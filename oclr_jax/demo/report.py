@@ -1,16 +1,24 @@
 """The demo's visual report: per-frame panels, MP4, GIF, masks, summary and index.html.
 
 A panel row shows the video with the modal masks overlaid, the flow in the standard colour
-wheel, and one tile per object layer with its amodal mask (the visible part solid, the occluded
-part lighter) and its depth rank.  Synthetic clips get a second row with the ground truth.
+wheel (with its key), and one tile per object layer with its amodal mask (the visible part
+solid, the occluded part lighter) and its depth rank.  Synthetic clips get a second row with
+the ground truth.  Tiles follow the input size (between MIN_TILE_WIDTH and MAX_TILE_WIDTH
+wide).  Layers are numbered 1..K everywhere: tile labels, the page, `summary.json`, label k
+in `masks/` and `amodal/<k>_<frame>.png`.
+
+The video is VP9 in WebM (`demo.webm`), which OpenCV's bundled FFmpeg encodes and browsers
+play; OpenCV's MP4 writer only has MPEG-4 part 2 (`mp4v`), which Chromium refuses.
 The whole folder is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -19,8 +27,11 @@ from oclr_jax.atomic import staged_directory
 LAYER_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
                           [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
                          np.uint8)
-TILE_WIDTH = 256  # tiles are scaled (up or down) to this width
+MIN_TILE_WIDTH = 256  # small clips are scaled up so the labels stay legible
+MAX_TILE_WIDTH = 640  # large clips are scaled down so a row of tiles fits a screen
 MAX_GIF_WIDTH = 1000
+VIDEO_FILE = "demo.webm"
+MARKER = ".oclr_demo_output"  # marks a folder as the demo's own output (see oclr_jax.errors)
 
 
 def colour(index: int) -> np.ndarray:
@@ -37,15 +48,52 @@ def resize(image: np.ndarray, size, nearest: bool = False) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=mode)
 
 
-def label(tile: np.ndarray, text: str) -> np.ndarray:
-    """Writes `text` at the top-left with a dark outline so it reads on any background."""
+def text_scale(tile_width: int) -> float:
+    """Font scale of the labels: 0.4 on a 256-px tile, growing with the tile."""
+    return 0.4 * tile_width / MIN_TILE_WIDTH
+
+
+def label(tile: np.ndarray, text: str, line: int = 0, bottom: bool = False) -> np.ndarray:
+    """Writes `text` (top-left, or bottom-left) in white with a black outline.
+
+    The outline is the same thin text stamped at the 8 neighbouring offsets: a thicker stroke
+    would advance each glyph further than the white text and garble the label.
+    """
     import cv2
 
     tile = np.ascontiguousarray(tile)
-    for thickness, ink in ((3, (0, 0, 0)), (1, (255, 255, 255))):
-        cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, ink, thickness,
-                    cv2.LINE_AA)
+    scale = text_scale(tile.shape[1])
+    thickness = max(1, int(round(scale * 1.5)))
+    line_height = int(round(36 * scale))
+    x = int(round(10 * scale))
+    y = (tile.shape[0] - int(round(10 * scale)) - line * line_height if bottom
+         else int(round(35 * scale)) + line * line_height)
+    offset = max(1, thickness)
+    for dx in (-offset, 0, offset):
+        for dy in (-offset, 0, offset):
+            if dx or dy:
+                cv2.putText(tile, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                            (0, 0, 0), thickness, cv2.LINE_AA)
+    cv2.putText(tile, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
     return tile
+
+
+def with_flow_key(flow_tile: np.ndarray, rim_pixels: float) -> np.ndarray:
+    """The flow tile with the colour wheel in its bottom-right corner: a vector's direction is
+    its hue and its length the saturation, full at the rim (`rim_pixels` per frame)."""
+    from oclr_jax.data.flow_viz import colour_wheel_legend
+
+    tile = np.ascontiguousarray(flow_tile).copy()
+    size = max(24, tile.shape[0] // 4) // 2 * 2 + 1
+    wheel = colour_wheel_legend(size)
+    coords = np.arange(size) - (size - 1) / 2.0
+    disk = (coords[None] ** 2 + coords[:, None] ** 2) <= ((size - 1) / 2.0) ** 2
+    margin = max(2, size // 8)
+    y0, x0 = tile.shape[0] - size - margin, tile.shape[1] - size - margin
+    region = tile[y0:y0 + size, x0:x0 + size]
+    region[disk] = wheel[disk]
+    return label(tile, f"key: rim {rim_pixels:.1f} px/frame", bottom=True)
 
 
 def overlay_modal(rgb: np.ndarray, modal: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -75,22 +123,30 @@ def score_tile(size, scores) -> np.ndarray:
     lines = ["J per object (modal / amodal)"] + [
         f"object {o['object']}: {o['modal_J']:.2f} / {o['amodal_J']:.2f}" for o in scores["objects"]]
     for i, text in enumerate(lines):
-        cv2.putText(tile, text, (4, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255),
-                    1, cv2.LINE_AA)
+        tile = label(tile, text, line=i)
     return tile
 
 
-def panel(rgb, flow_rgb, amodal, modal, front_to_back, gt=None, scores=None) -> np.ndarray:
-    """One frame's panel.  rgb (H, W, 3); amodal/modal (H, W, K); gt (amodal, modal) or None."""
+def tile_size(height: int, width: int) -> tuple[int, int]:
+    """(h, w) of a tile for frames of `height` x `width`: the input size, kept within
+    MIN_TILE_WIDTH..MAX_TILE_WIDTH wide (aspect kept, even sizes for the video encoder)."""
+    tile_width = min(max(width, MIN_TILE_WIDTH), MAX_TILE_WIDTH)
+    scale = tile_width / width
+    return max(2, int(round(height * scale)) // 2 * 2), max(2, int(round(width * scale)) // 2 * 2)
+
+
+def panel(rgb, flow_rgb, amodal, modal, front_to_back, gt=None, scores=None,
+          flow_rim_pixels: float = 1.0) -> np.ndarray:
+    """One frame's panel.  rgb (H, W, 3); amodal/modal (H, W, K); gt (amodal, modal) or None;
+    `flow_rim_pixels`: the flow length (frame pixels) drawn at full colour."""
     height, width = rgb.shape[:2]
-    scale = TILE_WIDTH / width
-    size = (int(round(height * scale)) // 2 * 2, int(round(width * scale)) // 2 * 2)
+    size = tile_size(height, width)
     small = resize(rgb, size)
     shrink = lambda m: resize(m.astype(np.uint8), size, nearest=True).reshape(*size, -1) > 0
     amodal, modal = shrink(amodal), shrink(modal)
     depth_of_layer = np.argsort(front_to_back)
     row = [label(overlay_modal(small, modal), "prediction (modal)"),
-           label(resize(flow_rgb, size), "flow (gap +1)")]
+           label(with_flow_key(resize(flow_rgb, size), flow_rim_pixels), "flow (gap +1)")]
     row += [label(amodal_tile(small, amodal[..., k], modal[..., k], k),
                   f"layer {k + 1} amodal, depth {depth_of_layer[k] + 1}")
             for k in range(amodal.shape[-1])]
@@ -112,13 +168,29 @@ def panel(rgb, flow_rgb, amodal, modal, front_to_back, gt=None, scores=None) -> 
     return np.concatenate(rows, axis=0)
 
 
-def write_mp4(path: str, frames: list, fps: float) -> None:
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Discards what C code writes to file descriptor 2 inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def write_webm(path: str, frames: list, fps: float) -> None:
+    """VP9 in WebM: what Chromium and Firefox play and OpenCV's bundled FFmpeg can write."""
     import cv2
 
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    with _stderr_silenced():  # FFmpeg's note that WebM stores no fourcc tag: not for users
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP90"), fps, (width, height))
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: OpenCV cannot open an MP4 writer")
+        raise RuntimeError(f"{path}: OpenCV cannot open a VP9/WebM writer")
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
@@ -140,23 +212,28 @@ def index_html(summary: dict) -> str:
     rows = ""
     if scores:
         rows = "".join(
-            f"<tr><td>{o['object']}</td><td>{o['layer'] + 1 if o['layer'] >= 0 else '-'}</td>"
+            f"<tr><td>{o['object']}</td><td>{o['layer'] if o['layer'] else '-'}</td>"
             f"<td>{o['modal_J']:.3f}</td><td>{o['amodal_J']:.3f}</td></tr>"
             for o in scores["objects"])
         rows = ("<h2>Ground truth</h2><table><tr><th>object</th><th>layer</th><th>modal J</th>"
                 f"<th>amodal J</th></tr>{rows}<tr><td>mean</td><td></td>"
                 f"<td>{scores['modal_J']:.3f}</td><td>{scores['amodal_J']:.3f}</td></tr></table>")
-    order = ", ".join(f"layer {k + 1}" for k in summary["front_to_back_first_window"])
+    order = ", ".join(f"layer {k}" for k in summary["front_to_back_first_window"])
+    about = (f" ({html.escape(summary['checkpoint_description'])})"
+             if summary.get("checkpoint_description") else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>OCLR demo: {html.escape(summary['clip'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 10px;text-align:right}}</style>
 </head><body>
 <h1>OCLR: {html.escape(summary['clip'])}</h1>
-<p>{summary['frames']} frames; checkpoint <code>{html.escape(summary['checkpoint'])}</code>.
-Top row: video with the modal masks, flow (colour wheel), each layer's amodal mask (solid:
-visible, light: occluded) with its depth (1 = nearest).</p>
+<p>{summary['frames']} frames; checkpoint <code>{html.escape(summary['checkpoint'])}</code>{about}.
+Top row: video with the modal masks, flow (colour wheel; the key in its corner: hue is the
+direction, saturation the length), each layer's amodal mask (solid: visible, light: occluded)
+with its depth (1 = nearest).  Layers are numbered 1..{summary['layers']} here, in
+<code>summary.json</code>, in <code>masks/</code> (label k) and <code>amodal/&lt;k&gt;_&lt;frame&gt;.png</code>.</p>
 <p>Layer order of the first window, front to back: {order}.</p>
-<img src="demo.gif" alt="demo animation"><p><a href="demo.mp4">demo.mp4</a> &middot;
+<video id="demo" src="{VIDEO_FILE}" controls autoplay loop muted playsinline></video>
+<p><a href="{VIDEO_FILE}">{VIDEO_FILE}</a> (VP9) &middot; <a href="demo.gif">demo.gif</a> &middot;
 <a href="summary.json">summary.json</a> &middot; masks in <code>masks/</code> (indexed PNG,
 DAVIS palette) and <code>amodal/</code></p>
 {rows}
@@ -165,8 +242,14 @@ DAVIS palette) and <code>amodal/</code></p>
 """
 
 
-def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dict:
-    """Writes every output of the demo to `out_dir` (replaced atomically).  Returns the summary."""
+def write_report(out_dir: str, clip, prediction, scores, checkpoint: str,
+                 checkpoint_description: str = "") -> dict:
+    """Writes every output of the demo to `out_dir` (replaced atomically).  Returns the summary.
+
+    `scores` objects carry 0-based `layer` indices (-1: none) as `score_against_gt` returns
+    them; the summary numbers layers 1..K (None: none), as the page and the file names do.
+    The caller checks `out_dir` first (`errors.check_output_dir`): it is replaced.
+    """
     from oclr_jax.data.flow_viz import flow_to_rgb
     from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
 
@@ -174,27 +257,40 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dic
     with staged_directory(out_dir) as staging:
         num_frames = len(clip.rgb)
         max_magnitude = float(np.percentile(np.linalg.norm(clip.flow[..., :2], axis=-1), 99)) or 1.0
+        # The rim of the key in frame pixels (the flow is at the model resolution).
+        rim_pixels = max_magnitude * clip.rgb.shape[2] / clip.flow.shape[2]
         gt = (clip.gt_amodal, clip.gt_modal) if clip.gt_modal is not None else None
         panels = []
         for t in range(num_frames):
             flow_rgb = flow_to_rgb(clip.flow[t, ..., :2], max_magnitude)
             panels.append(panel(clip.rgb[t], flow_rgb, prediction.amodal[t], prediction.modal[t],
                                 prediction.front_to_back[t],
-                                None if gt is None else (gt[0][t], gt[1][t]), scores))
+                                None if gt is None else (gt[0][t], gt[1][t]), scores,
+                                flow_rim_pixels=rim_pixels))
             labels = np.max(np.where(prediction.modal[t], np.arange(1, prediction.modal.shape[-1] + 1), 0),
                             axis=-1).astype(np.uint8)
             write_indexed_png(os.path.join(staging, "masks", f"{t:05d}.png"), labels)
             for k in range(prediction.amodal.shape[-1]):
                 write_binary_png(os.path.join(staging, "amodal", f"{k + 1}_{t:05d}.png"),
                                  prediction.amodal[t, ..., k])
-        write_mp4(os.path.join(staging, "demo.mp4"), panels, clip.fps)
+        write_webm(os.path.join(staging, VIDEO_FILE), panels, clip.fps)
         write_gif(os.path.join(staging, "demo.gif"), panels, clip.fps)
         from PIL import Image
         Image.fromarray(panels[num_frames // 2]).save(os.path.join(staging, "preview.png"))
+        if scores is not None:
+            scores = dict(scores, objects=[
+                dict(o, layer=int(o["layer"]) + 1 if o["layer"] >= 0 else None)
+                for o in scores["objects"]])
         summary = {"out": out_dir, "clip": clip.name, "frames": num_frames,
-                   "checkpoint": checkpoint, "scores": scores,
-                   "front_to_back_first_window": [int(k) for k in prediction.front_to_back[0]],
+                   "checkpoint": checkpoint, "checkpoint_description": checkpoint_description,
+                   "layers": int(prediction.amodal.shape[-1]),
+                   "layer_numbering": "1..K as on the page, label k in masks/, "
+                                      "amodal/<k>_<frame>.png",
+                   "scores": scores,
+                   "front_to_back_first_window": [int(k) + 1 for k in prediction.front_to_back[0]],
                    "order_logits_first_window": [float(v) for v in prediction.order_logits[0]]}
+        with open(os.path.join(staging, MARKER), "w") as f:
+            f.write("written by python -m oclr_jax.demo; --out may replace this folder\n")
         with open(os.path.join(staging, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         with open(os.path.join(staging, "index.html"), "w") as f:

@@ -5,9 +5,10 @@
     python -m oclr_jax.demo --video clip.mp4 --raft-checkpoint raft-things.pth  # flow by RAFT
     python -m oclr_jax.demo --checkpoint OCLR.pth # any oclr-jax checkpoint or official .pth
 
-Writes to --out (default `demo_out/`): `index.html` (open it in a browser), `demo.mp4`,
-`demo.gif`, `preview.png`, `summary.json`, modal masks as indexed PNGs in `masks/` and amodal
-masks per layer in `amodal/`.  See docs/demo.md.
+Writes to --out (default `demo_out/`; a new folder, or the demo's own earlier output, which is
+replaced): `index.html` (open it in a browser), `demo.webm` (VP9), `demo.gif`, `preview.png`,
+`summary.json`, modal masks as indexed PNGs in `masks/` and amodal masks per layer in
+`amodal/`.  See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def synthetic_clip(config, seed: int, index: int, frames: int) -> Clip:
 
 
 def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
-    """RGB frames (N, H, W, 3) uint8 and the frame rate; clear errors for unusable files."""
+    """RGB frames (N, H, W, 3) uint8 and the frame rate; clear errors for unusable files.
+    At most `max_frames` frames (0: all), with a note when the clip is longer."""
     import cv2
 
     if not os.path.isfile(path):
@@ -86,19 +88,24 @@ def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
         raise DemoError(f"{path}: OpenCV cannot open this video (unsupported or corrupt file)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 8.0
     frames = []
-    while len(frames) < max_frames:
+    while not max_frames or len(frames) < max_frames:
         ok, frame = capture.read()
         if not ok:
             break
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    more = bool(max_frames) and len(frames) == max_frames and capture.read()[0]
     capture.release()
+    if more:
+        print(f"note: {path}: using the first {max_frames} frames (--max-frames; 0 for the "
+              "whole clip)", file=sys.stderr)
     if len(frames) < 2:
         raise DemoError(f"{path}: {len(frames)} readable frame(s); motion needs at least 2")
     return np.stack(frames), float(fps)
 
 
 def video_clip(path: str, config, max_frames: int, flow_height: int,
-               raft_checkpoint: Optional[str] = None, raft_iters: int = 20) -> Clip:
+               raft_checkpoint: Optional[str] = None, raft_iters: int = 20,
+               progress=None) -> Clip:
     """Frames of a user video with flow at gaps +1/-1, resized to the model resolution.
 
     The flow is RAFT's when `raft_checkpoint` (raft-things.pth or its .npz) is given, else
@@ -121,14 +128,21 @@ def video_clip(path: str, config, max_frames: int, flow_height: int,
         from oclr_jax.flow.weights import load_raft_variables
 
         variables, _ = load_raft_variables(raft_checkpoint)
+        if progress is not None:
+            progress.reset(total=2 * (len(small) - 1))
+            progress.set_description("flow (RAFT)")
         try:
-            flow_fwd, flow_bwd = raft_clip_flows(small, variables, iters=raft_iters)
+            flow_fwd, flow_bwd = raft_clip_flows(small, variables, iters=raft_iters, progress=progress)
         except FramesError as error:
             raise DemoError(f"{path}: {error} (or raise --flow-height)") from error
     else:
         print("flow: OpenCV DIS, since no --raft-checkpoint was given; RAFT flow (raft-things.pth, "
               "what the paper used) is much cleaner on real footage, see docs/flow.md", file=sys.stderr)
-        flow_fwd, flow_bwd = estimate_flows(small)
+        if progress is not None:
+            progress.reset(total=len(small) - 1)
+            progress.set_description("flow (DIS)")
+        flow_fwd, flow_bwd = estimate_flows(
+            small, progress=None if progress is None else lambda: progress.update(1))
     model_h, model_w = config.data.resolution
     fwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_fwd])
     bwd = np.stack([resize_flow(f, model_h, model_w) for f in flow_bwd])
@@ -154,31 +168,39 @@ class Prediction:
     order_logits: np.ndarray
 
 
-def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=None) -> Prediction:
-    """Runs the model on windows of `window` frames (the official cutting rule) and upsamples
-    the sigmoid masks to `size` (H, W) before thresholding, as the evaluation does."""
+def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=None,
+                 threshold: float = 0.5, upsample: str = "bilinear") -> Prediction:
+    """Runs the model on windows of `window` frames (the official cutting rule), as the
+    evaluation does: modal masks are composed at the model resolution (threshold, then the
+    window's order, eq. 2) and then upsampled to `size` (H, W); amodal probabilities are
+    upsampled and thresholded.  Each frame comes from the first window that holds it."""
     import jax
     import jax.numpy as jnp
 
-    from oclr_jax.compose import compose_modal, front_to_back
+    from oclr_jax.compose import front_to_back, hard_modal_masks
     from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
 
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    @jax.jit
+    def apply(p, x):
+        out = model.apply({"params": p}, x, train=False)
+        modal = hard_modal_masks(out["amodal_logits"], out["order_logits"], threshold)
+        return jax.nn.sigmoid(out["amodal_logits"][0]), modal[0], out["order_logits"]
+
     windows = cut_windows(len(flow), window)
-    probs, orders = [], []
+    probs, modals, orders = [], [], []
     for indices in windows:
-        out = apply(params, jnp.asarray(flow[indices][None]))
-        probs.append(np.asarray(jax.nn.sigmoid(out["amodal_logits"][0])))  # (T, h, w, K)
-        orders.append(np.repeat(np.asarray(out["order_logits"]), len(indices), axis=0))
+        prob, modal, order = apply(params, jnp.asarray(flow[indices][None]))
+        probs.append(np.asarray(prob))  # (T, h, w, K)
+        modals.append(np.asarray(modal))  # (T, h, w, K) bool, at the model resolution
+        orders.append(np.repeat(np.asarray(order), len(indices), axis=0))
         if progress is not None:
             progress.update(1)
     probs = stitch(windows, probs, len(flow))
+    modal = stitch(windows, modals, len(flow))
     order_logits = stitch(windows, orders, len(flow))
-    amodal = upsample_layers(probs, size)  # (N, H, W, K) bool
+    amodal = upsample_layers(probs, size, upsample)  # as eval resizes amodal probabilities
+    modal = upsample_layers(modal.astype(np.float32), size, upsample)
     layers_front_to_back = np.asarray(front_to_back(jnp.asarray(order_logits)))
-    modal = np.concatenate([np.asarray(compose_modal(amodal[i][None, None],
-                                                     layers_front_to_back[i][None]))[0]
-                            for i in range(len(amodal))])
     return Prediction(amodal, modal, layers_front_to_back, order_logits)
 
 
@@ -201,6 +223,23 @@ def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     return {"objects": objects, "modal_J": mean("modal_J"), "amodal_J": mean("amodal_J")}
 
 
+def describe_checkpoint(path: str, params, config) -> str:
+    """What the page says about the model: its size and input, and the checkpoint's own
+    `about.txt` (how it was trained, its held-out scores) where the folder has one."""
+    import jax
+
+    count = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+    height, width = (int(v) for v in config.data.resolution)
+    text = (f"{count / 1e6:.2f}M parameters, input {height}x{width}, "
+            f"{int(config.data.num_frames)} frames per window, {int(config.model.num_queries)} "
+            "layers")
+    about = os.path.join(path, "about.txt") if os.path.isdir(path) else ""
+    if about and os.path.isfile(about):
+        with open(about) as f:
+            text += "; " + " ".join(f.read().split())
+    return text
+
+
 # ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", type=int, default=3, help="synthetic clip: Syn-Val index (default 3)")
     parser.add_argument("--frames", type=int, default=None,
                         help="synthetic clip length (default: 3 windows of the model's T)")
-    parser.add_argument("--max-frames", type=int, default=150, help="video: frames to read")
+    parser.add_argument("--max-frames", type=int, default=150,
+                        help="video: use at most this many frames from the start (default 150, "
+                             "about 5 s at 30 fps; 0: the whole clip)")
     parser.add_argument("--flow-height", type=int, default=480,
                         help="video: rows at which flow is computed (default 480)")
     parser.add_argument("--raft-checkpoint", help="video: RAFT weights (raft-things.pth or its .npz) "
@@ -227,37 +268,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    minimums = (("--frames", args.frames, 2), ("--max-frames", args.max_frames, 0),
+                ("--flow-height", args.flow_height, 16), ("--index", args.index, 0),
+                ("--raft-iters", args.raft_iters, 1))
+    for flag, value, minimum in minimums:
+        if value is not None and value < minimum:
+            raise DemoError(f"must be at least {minimum}, got {value}", flag)
+    if args.max_frames == 1:
+        raise DemoError("motion needs at least 2 frames; 0 reads the whole clip", "--max-frames")
     from tqdm import tqdm
 
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.demo.report import write_report
+    from oclr_jax.demo.report import MARKER, write_report
+    from oclr_jax.errors import check_output_dir
 
     if args.raft_checkpoint and not args.video:
         raise DemoError("--raft-checkpoint is for --video (the synthetic clip has exact flow)")
+    # Before any work: never replace a folder the demo did not write (`--out .` included).
+    check_output_dir(args.out, "--out", MARKER)
     if not os.path.exists(args.checkpoint):
         raise DemoError(f"{args.checkpoint}: checkpoint not found")
     try:
         model, params, config = load_checkpoint(args.checkpoint)
     except CheckpointError as e:
         raise DemoError(str(e)) from e
-    window = int(config.data.num_frames)
-    with tqdm(total=4, desc="demo", unit="step") as bar:
-        bar.set_postfix_str("reading clip")
+    # The evaluation's settings, so the demo shows what eval scores.
+    eval_config = config.get("eval", {})
+    window = int(eval_config.get("window", config.data.num_frames))
+    threshold = float(eval_config.get("threshold", 0.5))
+    upsample = str(eval_config.get("upsample", "bilinear"))
+    with tqdm(total=1, desc="reading clip", unit="step") as bar:
         if args.video:
             clip = video_clip(args.video, config, args.max_frames, args.flow_height,
-                              args.raft_checkpoint, args.raft_iters)
+                              args.raft_checkpoint, args.raft_iters, progress=bar)
         else:
             clip = synthetic_clip(config, args.seed, args.index, args.frames or 3 * window)
-        bar.update(1)
-        bar.set_postfix_str("segmenting")
-        prediction = predict_clip(model, params, clip.flow, window, clip.rgb.shape[1:3])
-        bar.update(1)
-        scores = score_against_gt(prediction, clip) if clip.gt_modal is not None else None
-        bar.update(1)
-        bar.set_postfix_str("writing report")
-        summary = write_report(args.out, clip, prediction, scores, checkpoint=args.checkpoint)
-        bar.update(1)
+            bar.update(1)
+    from oclr_jax.eval.inference import cut_windows
+
+    with tqdm(total=len(cut_windows(len(clip.flow), window)), desc="segmenting",
+              unit="window") as bar:
+        prediction = predict_clip(model, params, clip.flow, window, clip.rgb.shape[1:3], bar,
+                                  threshold=threshold, upsample=upsample)
+    scores = score_against_gt(prediction, clip) if clip.gt_modal is not None else None
+    print("writing the report", file=sys.stderr)
+    summary = write_report(args.out, clip, prediction, scores, checkpoint=args.checkpoint,
+                           checkpoint_description=describe_checkpoint(args.checkpoint, params,
+                                                                      config))
     print(json.dumps({k: summary[k] for k in ("out", "frames", "scores") if k in summary}))
     print(f"open {os.path.join(os.path.abspath(args.out), 'index.html')}")
     return 0

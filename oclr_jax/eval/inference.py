@@ -126,6 +126,7 @@ def load_window_flow(record: SequenceRecord, indices: Sequence[int], gaps: Seque
             for gap in gaps:
                 path, sign = flow_sources(record, int(frame), gap)
                 flow = flow_io.read_flow(path)
+                flow_io.check_flow_size(flow.shape[:2], record.image_size, path)
                 if unpad:
                     flow = crop_raft_padding(flow, record.image_size, path)
                 channels.append(sign * flow_io.resize_flow(flow, height, width))
@@ -154,7 +155,6 @@ class WindowPredictor:
         import jax
 
         from oclr_jax import sharding
-        from oclr_jax.compose import hard_modal_masks
 
         # Each process evaluates on its own devices: windows are independent.
         devices = list(devices or jax.local_devices())
@@ -162,20 +162,10 @@ class WindowPredictor:
         self.with_amodal = with_amodal
         mesh = sharding.make_data_mesh(devices)
         self._batch_sharding = sharding.batch_sharded(mesh)
-        replicated = sharding.replicated(mesh)
-        self._params = None if params is None else jax.device_put(params, replicated)
+        self._params = (None if params is None
+                        else jax.device_put(params, sharding.replicated(mesh)))
 
-        def step(params, flow):  # flow (B, T, H, W, C)
-            out = predict_fn(flow) if params is None else predict_fn(params, flow)
-            amodal_logits = out["amodal_logits"]  # (B, T, H, W, K)
-            modal = hard_modal_masks(amodal_logits, out["order_logits"], threshold)
-            layer_ids = jax.numpy.arange(1, modal.shape[-1] + 1, dtype=jax.numpy.uint8)
-            labels = jax.numpy.max(jax.numpy.where(modal, layer_ids, 0), axis=-1)  # (B, T, H, W)
-            probs = jax.nn.sigmoid(amodal_logits) if with_amodal else None
-            return labels.astype(jax.numpy.uint8), probs, out["order_logits"]
-
-        self._step = jax.jit(step, in_shardings=(replicated, self._batch_sharding),
-                             out_shardings=self._batch_sharding)
+        self._step = make_window_step(predict_fn, mesh, threshold, with_amodal)
         self.num_layers: Optional[int] = None
 
     def __call__(self, flows: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -195,6 +185,30 @@ class WindowPredictor:
         self.num_layers = order.shape[-1]
         labels = np.asarray(labels)[:count]
         return labels, None if probs is None else np.asarray(probs)[:count]
+
+
+def make_window_step(predict_fn: Callable[..., dict], mesh, threshold: float = 0.5,
+                     with_amodal: bool = False) -> Callable:
+    """The jitted step of `WindowPredictor` over `mesh`: `step(params, flow)` with params
+    replicated (or None) and flow (B, T, H, W, C) sharded on B -> (labels (B, T, H, W) uint8,
+    probs (B, T, H, W, K) or None, order logits (B, K)).  Also what tools/aot_tpu.py compiles.
+    """
+    import jax
+
+    from oclr_jax import sharding
+    from oclr_jax.compose import hard_modal_masks
+
+    def step(params, flow):  # flow (B, T, H, W, C)
+        out = predict_fn(flow) if params is None else predict_fn(params, flow)
+        amodal_logits = out["amodal_logits"]  # (B, T, H, W, K)
+        modal = hard_modal_masks(amodal_logits, out["order_logits"], threshold)
+        layer_ids = jax.numpy.arange(1, modal.shape[-1] + 1, dtype=jax.numpy.uint8)
+        labels = jax.numpy.max(jax.numpy.where(modal, layer_ids, 0), axis=-1)  # (B, T, H, W)
+        probs = jax.nn.sigmoid(amodal_logits) if with_amodal else None
+        return labels.astype(jax.numpy.uint8), probs, out["order_logits"]
+
+    batch = sharding.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(sharding.replicated(mesh), batch), out_shardings=batch)
 
 
 def model_predict_fn(model) -> Callable[[Any, Any], dict]:

@@ -133,6 +133,54 @@ def write_overlays(out_dir: str, record: SequenceRecord, labels: np.ndarray) -> 
 
 # ----------------------------------------------------------------------------- cache
 
+OUTPUT_MARKER = ".oclr_eval_output"
+
+
+def claim_output_dir(out_dir: str) -> None:
+    """Checks `--out` before any work (`mark_output_dir` marks it when the work starts).
+
+    eval writes into a new folder or one holding an earlier eval output (the marker, or
+    `results.json` and `sequences/` of a run made before markers existed); it refuses a
+    file, an unwritable place, or a folder of other files, whose masks it would overwrite.
+    """
+    from oclr_jax.errors import check_output_dir
+
+    legacy = (os.path.isfile(os.path.join(out_dir, "results.json"))
+              or os.path.isdir(os.path.join(out_dir, "sequences")))
+    if not legacy:
+        check_output_dir(out_dir, "--out", OUTPUT_MARKER)
+    elif not os.access(out_dir, os.W_OK):
+        from oclr_jax.errors import UserError
+        raise UserError("output folder is not writable", f"--out {out_dir}")
+
+
+def mark_output_dir(out_dir: str) -> None:
+    """Marks `out_dir` as eval's (after `claim_output_dir`, when the work starts)."""
+    from oclr_jax.atomic import atomic_write_text
+
+    if not os.path.exists(os.path.join(out_dir, OUTPUT_MARKER)):
+        atomic_write_text(os.path.join(out_dir, OUTPUT_MARKER),
+                          "written by python -m oclr_jax.eval; its results live here\n")
+
+
+def files_identity(path: str, limit: int = 20000) -> list:
+    """(relative path, size, mtime_ns) of a file, or of every file under a folder: what a
+    cached result was computed from.  Stat only; at most `limit` files."""
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return [(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)]
+    found = []
+    for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(folder, name))
+            found.append((os.path.relpath(os.path.join(folder, name), path), stat.st_size,
+                          stat.st_mtime_ns))
+            if len(found) >= limit:
+                return found
+    return found
+
+
 def fingerprint(settings: dict) -> str:
     """A short hash of everything that changes a sequence's result."""
     text = json.dumps(_json_safe(settings), sort_keys=True, default=str)

@@ -42,8 +42,10 @@ def _user_errors() -> tuple[type, ...]:
 
     from oclr_jax.tta.dino_port import DinoCheckpointError
 
+    from oclr_jax.errors import UserError
+
     errors = [BenchmarkError, ConfigError, FlowFileError, MaskFileError,
-              inference.FlowMissingError, DinoCheckpointError]
+              inference.FlowMissingError, DinoCheckpointError, UserError]
     try:
         from oclr_jax.checkpoint import CheckpointError
         errors.append(CheckpointError)
@@ -100,11 +102,12 @@ class EvalOptions:
         """The options that change per-sequence results (for the resume fingerprint)."""
         keep = ("dataset", "gaps", "resolution", "window", "threshold", "upsample", "unpad_flow",
                 "flow_dir_name", "annotation_dir", "annotations_csv", "predictions_dir", "source")
-        # A checkpoint re-saved under the same path must not reuse old results.
-        stamp = os.path.getmtime(self.source) if self.source and os.path.exists(self.source) \
-            else None
-        return {k: getattr(self, k) for k in keep} | {"refine": repr(self.refine),
-                                                      "source_mtime": stamp}
+        # Another data folder, or a checkpoint re-saved under the same path, must not reuse
+        # old results (each sequence's own files are added per sequence in `evaluate`).
+        return {k: getattr(self, k) for k in keep} | {
+            "refine": repr(self.refine),
+            "data_dir": os.path.abspath(self.data_dir),
+            "source_files": eval_outputs.files_identity(self.source) if self.source else None}
 
 
 def options_from_config(config, **kwargs) -> EvalOptions:
@@ -196,13 +199,24 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
                           sequences=options.sequences, flow_dir_name=options.flow_dir_name,
                           annotation_dir=options.annotation_dir,
                           annotations_csv=options.annotations_csv)
-    key = eval_outputs.fingerprint(options.settings())
+    settings = options.settings()
     rows: dict[str, dict] = {}
-    if options.out_dir and options.resume:
+    keys: dict[str, str] = {}
+    if options.out_dir:
+        # Keyed by every option, the data folder, the checkpoint's files and the sequence's
+        # own files (and saved masks): a cached row is reused only for the same inputs.
         for name in benchmark.sequences:
-            cached = eval_outputs.load_cached_row(options.out_dir, name, key)
+            files = benchmark.sequence_files(name)
+            if options.predictions_dir:
+                files += eval_outputs.files_identity(os.path.join(options.predictions_dir, name))
+            keys[name] = eval_outputs.fingerprint(settings | {"sequence_files": files})
+            cached = (eval_outputs.load_cached_row(options.out_dir, name, keys[name])
+                      if options.resume else None)
             if cached is not None:
                 rows[name] = cached
+        if rows and options.progress:
+            print(f"reused {len(rows)} sequences from {options.out_dir}/sequences (same data, "
+                  "checkpoint and options); --no-resume to recompute", file=sys.stderr)
     todo = [n for n in benchmark.sequences if n not in rows]
     bar = tqdm(total=len(benchmark.sequences), initial=len(rows), unit="seq",
                desc=options.dataset, disable=not options.progress)
@@ -228,11 +242,12 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
                                                           options.unpad_flow):
                 labels, amodal = assemble_prediction(prediction, options.upsample)
                 done(_finish_sequence(options, prediction.record, labels, amodal,
-                                      prediction.num_layers, key))
+                                      prediction.num_layers, keys.get(prediction.record.name, "")))
         else:
             for record in records:
                 labels, amodal = eval_outputs.read_prediction_masks(options.predictions_dir, record)
-                done(_finish_sequence(options, record, labels, amodal, None, key))
+                done(_finish_sequence(options, record, labels, amodal, None,
+                                      keys.get(record.name, "")))
     finally:
         bar.close()
     ordered = [rows[n] for n in benchmark.sequences]
@@ -297,9 +312,16 @@ def load_run_config(args, overrides: Sequence[str]):
     """(config, predict_fn, params, source) for the parsed command line."""
     from oclr_jax.config.loading import apply_override, load_config
 
+    from oclr_jax.config.checks import check_config
+    from oclr_jax.errors import UserError
+
     defaults = paper.get_config()
     if args.predictions:
-        return load_config(args.config, overrides), None, None, os.path.abspath(args.predictions)
+        if not os.path.isdir(args.predictions):
+            raise UserError(f"{args.predictions}: --predictions folder does not exist")
+        config = load_config(args.config, overrides)
+        check_config(config, ("data", "eval"))
+        return config, None, None, os.path.abspath(args.predictions)
     from oclr_jax.checkpoint import CheckpointError, load_checkpoint, reads_as_torch
 
     model, params, config = load_checkpoint(args.checkpoint, model_source=args.model_source)
@@ -312,6 +334,7 @@ def load_run_config(args, overrides: Sequence[str]):
         config.tta = defaults.tta
     for assignment in overrides:
         apply_override(config, assignment)
+    check_config(config, ("model", "data", "eval"))
     if reads_as_torch(args.checkpoint, args.model_source):
         # A state dict records the architecture only: say which data settings were assumed.
         print(f"note: {args.checkpoint} holds no data settings; evaluating with the paper's "
@@ -334,8 +357,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(rest)
     if args.tta == "dino" and not args.dino_checkpoint:
         parser.error("--tta dino needs --dino-checkpoint PATH (DINO ViT-S/8 .pth)")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     user_errors = _user_errors()
+    out_dir = args.out or os.path.join("eval_results", args.dataset)
     try:
+        # Before any work: the output folder is new or an earlier eval output.
+        eval_outputs.claim_output_dir(out_dir)
         config, predict_fn, params, source = load_run_config(args, overrides)
         refine = None
         if args.tta == "dino":
@@ -349,11 +377,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sequences = [s for s in sequences.split(",") if s]
         options = options_from_config(
             config, dataset=args.dataset, data_dir=args.data_dir,
-            out_dir=args.out or os.path.join("eval_results", args.dataset),
+            out_dir=out_dir,
             batch_size=args.batch_size, sequences=sequences, flow_dir_name=args.flow_dir_name,
             annotation_dir=args.annotation_dir, annotations_csv=args.annotations_csv,
             predictions_dir=args.predictions, save_vis=args.save_vis,
             resume=not args.no_resume, source=source, refine=refine)
+        eval_outputs.mark_output_dir(out_dir)
         results = evaluate(options, predict_fn, params)
     except user_errors as e:  # bad data, files, configs, checkpoints: no traceback.
         print(f"error: {e}", file=sys.stderr)

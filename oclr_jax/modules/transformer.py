@@ -21,12 +21,79 @@ NORM_EPS = 1e-5
 # The official code fills blocked scores with -1e9 (not -inf): a row with every score blocked
 # (T=1 with the same-frame mask) then softmaxes to uniform weights instead of NaN.
 MASKED_SCORE = -1e9
+# `attention` implementations (config `model.attention`):
+#   dense:   the (B, G, Lq, Lk) scores, weights and dropout mask are materialised and kept for
+#            the backward pass (the official formulation; fastest on CPU at small sizes).
+#   chunked: the same arithmetic over blocks of `attention_chunk` query rows, each block under
+#            `jax.checkpoint`: nothing of size Lq x Lk is stored for the backward pass (it is
+#            recomputed per block, dropout mask included, from the block's key), and at most
+#            one block's scores are live.  Equal to dense without dropout; with dropout the
+#            masks are drawn per block (fold_in of the layer key), so the bits differ.
+ATTENTION_IMPLEMENTATIONS = ("dense", "chunked")
+DEFAULT_CHUNK_ROWS = 256  # attention_chunk=0 means blocks of at most this many rows.
 
 
 def dense(features: int, fan_in: int, dtype: Dtype, name: str) -> nn.Dense:
     """nn.Dense with torch.nn.Linear's initialisation."""
     return nn.Dense(features, dtype=dtype, kernel_init=uniform_fan_in(fan_in),
                     bias_init=uniform_fan_in(fan_in), name=name)
+
+
+def _attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: Optional[jnp.ndarray],
+            dropout_key: Optional[jax.Array], dropout_rate: float, dtype: Dtype) -> jnp.ndarray:
+    """softmax(q k^T / sqrt(d), blocked where not allowed) -> dropout -> @ v.
+
+    q (B, Lq, G, d), k and v (B, Lk, G, d), allowed (Lq, Lk) bool or None, dropout_key None for
+    no dropout.  Returns (B, Lq, G, d).  Scores and softmax in float32.
+    """
+    scores = jnp.einsum("bqgd,bkgd->bgqk", q, k,
+                        preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    if allowed is not None:
+        scores = jnp.where(allowed, scores, MASKED_SCORE)  # (B, G, Lq, Lk)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if dropout_key is not None and dropout_rate > 0.0:  # as flax.linen.Dropout
+        keep_prob = 1.0 - dropout_rate
+        keep = jax.random.bernoulli(dropout_key, keep_prob, weights.shape)
+        weights = jax.lax.select(keep, weights / keep_prob, jnp.zeros_like(weights))
+    return jnp.einsum("bgqk,bkgd->bqgd", weights.astype(dtype), v)
+
+
+def chunk_rows(length: int, max_rows: int = 0) -> int:
+    """Query rows per block: the largest divisor of `length` not above `max_rows`
+    (0: DEFAULT_CHUNK_ROWS), so every block has the same shape."""
+    limit = max_rows or DEFAULT_CHUNK_ROWS
+    if limit < 1:
+        raise ValueError(f"model.attention_chunk must be >= 0; got {max_rows}")
+    return max(d for d in range(1, min(length, limit) + 1) if length % d == 0)
+
+
+def chunked_attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+                   allowed: Optional[jnp.ndarray], dropout_key: Optional[jax.Array],
+                   dropout_rate: float, dtype: Dtype, max_rows: int = 0) -> jnp.ndarray:
+    """`_attend` over blocks of query rows, each rematerialised in the backward pass.
+
+    Block i uses dropout key `fold_in(dropout_key, i)`.  Same shapes as `_attend`.
+    """
+    b, length, g, d = q.shape
+    rows = chunk_rows(length, max_rows)
+    blocks = length // rows
+
+    def block(q_rows, allowed_rows, index):
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+        return _attend(q_rows, k, v, allowed_rows, key, dropout_rate, dtype)
+
+    block = jax.checkpoint(block, prevent_cse=False)
+    if blocks == 1:
+        return block(q, allowed, 0)
+    q_blocks = q.reshape(b, blocks, rows, g, d).swapaxes(0, 1)  # (n, B, rows, G, d)
+    allowed_blocks = None if allowed is None else allowed.reshape(blocks, rows, -1)
+
+    def body(_, inputs):
+        q_rows, allowed_rows, index = inputs
+        return None, block(q_rows, allowed_rows, index)
+
+    _, out = jax.lax.scan(body, None, (q_blocks, allowed_blocks, jnp.arange(blocks)))
+    return out.swapaxes(0, 1).reshape(b, length, g, d)
 
 
 class Norm(nn.Module):
@@ -61,12 +128,17 @@ class MultiHeadAttention(nn.Module):
       dropout_rate: dropout on the softmaxed attention weights (train only).
       deterministic: disables dropout.
       dtype: compute dtype (softmax in float32).
+      attention: 'dense' or 'chunked' (see ATTENTION_IMPLEMENTATIONS).
+      attention_chunk: at most this many query rows per block of 'chunked' (0: 256); blocks
+        are the largest divisor of the query length up to it.
     """
 
     num_heads: int
     dropout_rate: float = 0.1
     deterministic: bool = True
     dtype: Dtype = jnp.float32
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, queries: jnp.ndarray, keys_values: jnp.ndarray,
@@ -96,13 +168,22 @@ class MultiHeadAttention(nn.Module):
             return x.reshape(*x.shape[:-1], self.num_heads, head_dim)
 
         q, k, v = split_heads(q), split_heads(k), split_heads(v)
-        scores = jnp.einsum("bqgd,bkgd->bgqk", q, k,
-                            preferred_element_type=jnp.float32) / math.sqrt(head_dim)
-        if allowed is not None:
-            scores = jnp.where(allowed, scores, MASKED_SCORE)  # (B, G, Lq, Lk)
-        weights = jax.nn.softmax(scores, axis=-1)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
-        attended = jnp.einsum("bgqk,bkgd->bqgd", weights.astype(self.dtype), v)
+        if self.attention == "chunked":
+            dropout = not self.deterministic and self.dropout_rate > 0.0
+            key = self.make_rng("dropout") if dropout else None
+            attended = chunked_attend(q, k, v, allowed, key, self.dropout_rate, self.dtype,
+                                      self.attention_chunk)
+        elif self.attention == "dense":
+            scores = jnp.einsum("bqgd,bkgd->bgqk", q, k,
+                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+            if allowed is not None:
+                scores = jnp.where(allowed, scores, MASKED_SCORE)  # (B, G, Lq, Lk)
+            weights = jax.nn.softmax(scores, axis=-1)
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+            attended = jnp.einsum("bgqk,bkgd->bqgd", weights.astype(self.dtype), v)
+        else:
+            raise ValueError(f"model.attention must be one of {ATTENTION_IMPLEMENTATIONS}; "
+                             f"got {self.attention!r}")
         attended = attended.reshape(*attended.shape[:2], width)  # (B, Lq, c)
         return dense(width, width, self.dtype, "out_proj")(attended)
 
@@ -129,6 +210,7 @@ class EncoderLayer(nn.Module):
       dropout_rate: for the attention weights, residual branches and the FF hidden layer.
       deterministic: disables dropout.
       dtype: compute dtype.
+      attention, attention_chunk: as MultiHeadAttention.
     """
 
     num_heads: int
@@ -136,13 +218,16 @@ class EncoderLayer(nn.Module):
     dropout_rate: float = 0.1
     deterministic: bool = True
     dtype: Dtype = jnp.float32
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, allowed: Optional[jnp.ndarray]) -> jnp.ndarray:
         """x (B, L, c), allowed (L, L) bool or None -> (B, L, c)."""
         drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
         attended = MultiHeadAttention(self.num_heads, self.dropout_rate, self.deterministic,
-                                      self.dtype, name="self_attn")(x, x, allowed)
+                                      self.dtype, self.attention, self.attention_chunk,
+                                      name="self_attn")(x, x, allowed)
         x = Norm(name="norm1")(x + drop(attended))
         ff = _feed_forward(x, self.ff_dim, self.dropout_rate, self.deterministic, self.dtype)
         return Norm(name="norm2")(x + drop(ff))
@@ -159,13 +244,16 @@ class DecoderLayer(nn.Module):
     dropout_rate: float = 0.1
     deterministic: bool = True
     dtype: Dtype = jnp.float32
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, memory: jnp.ndarray) -> jnp.ndarray:
         """x (B, Lq, c) queries, memory (B, Lk, c) encoder tokens -> (B, Lq, c)."""
         drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
         attention = lambda name: MultiHeadAttention(
-            self.num_heads, self.dropout_rate, self.deterministic, self.dtype, name=name)
+            self.num_heads, self.dropout_rate, self.deterministic, self.dtype, self.attention,
+            self.attention_chunk, name=name)
         x = Norm(name="norm1")(x + drop(attention("self_attn")(x, x)))
         x = Norm(name="norm2")(x + drop(attention("multihead_attn")(x, memory)))
         ff = _feed_forward(x, self.ff_dim, self.dropout_rate, self.deterministic, self.dtype)
@@ -179,6 +267,7 @@ class TransformerStack(nn.Module):
       layer_type: EncoderLayer or DecoderLayer.
       num_layers, num_heads, ff_dim, dropout_rate, deterministic, dtype: per layer.
       remat: rematerialise each layer in the backward pass.
+      attention, attention_chunk: as MultiHeadAttention.
     """
 
     layer_type: type
@@ -189,6 +278,8 @@ class TransformerStack(nn.Module):
     deterministic: bool = True
     dtype: Dtype = jnp.float32
     remat: bool = False
+    attention: str = "dense"
+    attention_chunk: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, context: Optional[jnp.ndarray]) -> jnp.ndarray:
@@ -196,5 +287,6 @@ class TransformerStack(nn.Module):
         layer_cls = nn.remat(self.layer_type) if self.remat else self.layer_type
         for index in range(self.num_layers):
             x = layer_cls(self.num_heads, self.ff_dim, self.dropout_rate, self.deterministic,
-                          self.dtype, name=f"layers_{index}")(x, context)
+                          self.dtype, self.attention, self.attention_chunk,
+                          name=f"layers_{index}")(x, context)
         return x

@@ -39,9 +39,26 @@ class PortReport:
         return "\n".join(lines)
 
 
-def _refuse_existing(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
+def _refuse_existing(path: str, overwrite: bool, folder: bool = False) -> None:
+    """Output checks before any work: exists without --overwrite, the wrong kind of thing,
+    something --overwrite must not replace (a folder that is not a checkpoint: never delete
+    what we did not write), or an unwritable place."""
+    if os.path.exists(path):
+        if not overwrite:
+            raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
+        if folder and not (os.path.isdir(path)
+                           and os.path.isfile(os.path.join(path, "config.json"))
+                           and os.path.isdir(os.path.join(path, "params"))):
+            raise PortError(f"{path}: --overwrite replaces only an oclr-jax checkpoint folder "
+                            "(config.json + params/); this is something else: choose another "
+                            "output folder")
+        if not folder and not os.path.isfile(path):
+            raise PortError(f"{path}: --overwrite replaces only a file; this is a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise PortError(f"{path}: cannot write here ({parent} is not a writable folder)")
 
 
 def from_torch(pth_path: str, out_dir: str, overwrite: bool = False,
@@ -51,7 +68,7 @@ def from_torch(pth_path: str, out_dir: str, overwrite: bool = False,
     from oclr_jax.checkpoint import config_from_inferred, save_checkpoint
     from oclr_jax.port.torch_io import load_torch_checkpoint_file
 
-    _refuse_existing(out_dir, overwrite)
+    _refuse_existing(out_dir, overwrite, folder=True)
     state_dict, meta = load_torch_checkpoint_file(pth_path, trust_pickle=trust_pickle)
     try:
         params, inferred = torch_state_dict_to_flax(state_dict)

@@ -75,14 +75,16 @@ def extract_state_dict(obj, path: str, model_name: str = "OCLR"):
     return state_dict, meta
 
 
-def load_torch_checkpoint_file(path: str, trust_pickle: bool = False, model_name: str = "OCLR"):
+def load_torch_checkpoint_file(path: str, trust_pickle: bool = False, model_name: str = "OCLR",
+                               pickle_hint: str | None = "--trust-pickle"):
     """Reads a `.pth` file -> (state dict of numpy arrays, meta dict).
 
     `meta` holds `source`, `format` ('state dict' | 'training checkpoint' | ...), and when present
     `iteration`, `stripped_prefix`, `cast_to_float32`.  By default the file is loaded with
     `torch.load(weights_only=True)`, which refuses arbitrary pickled objects; `trust_pickle`
     lifts that for files from a trusted source (e.g. a whole pickled nn.Module).
-    Raises PortError naming the file when it is missing or not a checkpoint.
+    Raises PortError naming the file when it is missing or not a checkpoint; `pickle_hint` is
+    the flag to suggest for pickled files (None where the command has no such flag).
     """
     torch = _import_torch()
     if not os.path.isfile(path):
@@ -91,8 +93,10 @@ def load_torch_checkpoint_file(path: str, trust_pickle: bool = False, model_name
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:  # torch raises many types for foreign or corrupt files.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = ("" if trust_pickle else " If the file comes from a trusted source and holds pickled "
-                "Python objects, retry with --trust-pickle.")
+        if "weights_only" in reason:  # torch's advice to unpickle anyway: ours follows below.
+            reason = "not a weights-only state dict, or not a PyTorch file at all"
+        hint = ("" if trust_pickle or not pickle_hint else " If the file comes from a trusted "
+                f"source and holds pickled Python objects, retry with {pickle_hint}.")
         raise PortError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
                         f"{reason[:300]}).{hint}") from error
     return extract_state_dict(obj, path, model_name)

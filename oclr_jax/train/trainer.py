@@ -36,7 +36,7 @@ from oclr_jax import sharding
 from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import optim
-from oclr_jax.train.state_io import checkpoint_manager, restore_latest, save_state
+from oclr_jax.train.state_io import CHECKPOINT_DIR, checkpoint_manager, restore_latest, save_state
 from oclr_jax.train.step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
                                  compiler_options_for, init_train_state, make_eval_step,
                                  make_train_step, select_keys)
@@ -52,23 +52,37 @@ BatchesFn = Callable[..., Iterator[dict]]
 class _Preemption:
     """Agrees on the step at which to save before a preemption (SIGTERM) kills the job.
 
-    One process: a SIGTERM handler sets a flag.  Several: JAX's preemption sync service
-    (started by `jax.distributed.initialize`, which watches SIGTERM itself) names one step at
-    which every process saves, so nobody waits in a collective for a peer that has left.
+    One process: SIGTERM and Ctrl-C (SIGINT) set a flag; the step in flight finishes, is
+    saved, and training stops (a second Ctrl-C aborts at once, losing only that step).
+    Several: JAX's preemption sync service (started by `jax.distributed.initialize`, which
+    watches SIGTERM itself) names one step at which every process saves, so nobody waits in a
+    collective for a peer that has left.
     """
+
+    signum: Optional[int] = None  # the signal that stopped the last run (for the exit status)
 
     def __init__(self):
         self.event = threading.Event()
-        self._previous = None
+        self._previous = {}
+
+    def _stop(self, signum, _frame):
+        type(self).signum = signum
+        self.event.set()
+        logging.warning("%s: saving after this step, then stopping (Ctrl-C again aborts "
+                        "without saving it)", signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._stop)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def reached(self, step: int) -> bool:
         """Call once per step on every process."""
@@ -173,7 +187,8 @@ def _train_loop(config, state, batches, train_step, eval_step, val_batches, mana
             if step % int(train.checkpoint_every) == 0 or step == last_step or preempted:
                 save_state(manager, state)
             if preempted:
-                logging.warning("preemption (SIGTERM): saved step %d, exiting", step)
+                logging.warning("stopped by a signal: saved step %d; rerun the same command "
+                                "to continue", step)
                 break
             if eval_step and (step % int(train.eval_every) == 0 or step == num_steps):
                 results = evaluate(eval_step, state.params, val_batches(
@@ -326,8 +341,61 @@ def _parse_args(argv):
     return parser.parse_args(rest), overrides
 
 
+def _check_workdir_model(config, workdir: str) -> None:
+    """Raises ValueError if `workdir` trained another model (as write_config_record does)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable ({e}); use a new --workdir") from None
+        if json.loads(json.dumps(previous.get("model"))) != json.loads(
+                json.dumps(config.to_dict()["model"])):
+            raise ValueError(f"{path}: this workdir trained a different model "
+                             f"({previous.get('model')}); use a new --workdir")
+
+
+WORKDIR_MARKERS = (CONFIG_FILE, CHECKPOINT_DIR)  # a folder holding either is a workdir of ours
+
+
+def check_inputs(config, workdir: str) -> None:
+    """Everything a user can get wrong, checked before any work; raises UserError naming it."""
+    from oclr_jax.config.checks import check_config
+    from oclr_jax.errors import UserError
+
+    check_config(config)
+    data = config.data
+    if data.get("source", "pipeline") in ("", "pipeline"):
+        if not data.get("tfds_name"):
+            if not data.get("train_dir"):
+                raise UserError("no training data", "config.data.train_dir",
+                                "set --config.data.train_dir=FOLDER (an official-layout folder, "
+                                "e.g. from python -m oclr_jax.data.synth generate) or "
+                                "--config.data.tfds_name")
+            if not os.path.isdir(data.train_dir):
+                raise UserError("training data folder does not exist",
+                                f"config.data.train_dir={data.train_dir}")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError("workdir is a file, not a folder", f"--workdir {workdir}")
+    if os.path.isdir(workdir):
+        entries = os.listdir(workdir)
+        if entries and not any(m in entries for m in WORKDIR_MARKERS):
+            raise UserError(f"workdir holds {len(entries)} entries that training did not write "
+                            f"(no {CONFIG_FILE} or {CHECKPOINT_DIR}/)", f"--workdir {workdir}",
+                            "give a new folder, or the workdir of the run to resume")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent if not os.path.isdir(workdir) else workdir, os.W_OK):
+        raise UserError("workdir is not writable", f"--workdir {workdir}")
+
+
 def main(argv=None) -> int:
     from oclr_jax.config.loading import load_config, parse_value
+    from oclr_jax.data.input_pipeline import DataReadError
+    from oclr_jax.data.official_layout import LayoutError
+    from oclr_jax.errors import UserError
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--export_only"]:  # internal: see export_model
@@ -335,13 +403,34 @@ def main(argv=None) -> int:
         return 0
     args, overrides = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    initialize_distributed(args)
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # ConfigError is a UserError
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise UserError(f"must be at least 1, got {args.stop_at_step}", "--stop_at_step")
+    check_inputs(config, args.workdir)
     compiler_options = {}
     for option in args.xla_option:
         key, _, value = option.partition("=")
         compiler_options[key] = parse_value(value)
-    train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step,
-                       compiler_options=compiler_options or None)
+    initialize_distributed(args)
+    try:  # the checks train_and_evaluate makes first, as user errors (they raise ValueError)
+        sharding.check_batch_size(int(config.train.batch_size), sharding.make_data_mesh(None),
+                                  int(config.train.grad_accum_steps))
+        if config.train.eval_every:
+            train_data.check_val_source(config)
+        _check_workdir_model(config, args.workdir)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    _Preemption.signum = None
+    try:
+        state = train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step,
+                                   compiler_options=compiler_options or None)
+    except (DataReadError, LayoutError) as e:  # a bad file met during training
+        raise UserError(str(e)) from None
+    if _Preemption.signum is not None and int(jax.device_get(state.step)) < int(
+            config.train.num_steps):
+        print(f"interrupted ({signal.Signals(_Preemption.signum).name}): saved step "
+              f"{int(jax.device_get(state.step))} in {args.workdir}; rerun the same command to "
+              "continue", file=sys.stderr)
+        return 128 + int(_Preemption.signum)
     return 0
 

@@ -120,9 +120,10 @@ def _fit_video(frames: np.ndarray, num_frames: int, rng: np.random.Generator,
                                 interpolation=cv2.INTER_AREA) for i in order])
 
 
-def estimate_flows(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def estimate_flows(frames: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow `(T, H, W, 2)` forward (t -> t+1) and backward (t -> t-1); the ends
-    use the negated opposite flow, as the official loader does for missing files."""
+    use the negated opposite flow, as the official loader does for missing files.
+    `progress()`, if given, is called after each frame pair."""
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     num_frames = len(frames)
@@ -131,6 +132,8 @@ def estimate_flows(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for t in range(num_frames - 1):
         fwd[t] = dis.calc(gray[t], gray[t + 1], None)
         bwd[t + 1] = dis.calc(gray[t + 1], gray[t], None)
+        if progress is not None:
+            progress()
     if num_frames > 1:
         fwd[-1], bwd[0] = -bwd[-1], -fwd[0]
     return fwd, bwd

@@ -72,19 +72,66 @@ def manifest(split: str, seed: int, options: RenderOptions, flow_images: bool) -
             "options": options.to_dict(), "flow_images": flow_images}
 
 
+def check_asset_folders(options: RenderOptions) -> None:
+    """Raises (naming the flag) if a user asset folder is missing or holds no usable file."""
+    from oclr_jax.data.synth.assets import list_images, list_videos
+
+    for flag, folder, lister in (("--texture-dir", options.texture_dir, list_images),
+                                 ("--silhouette-dir", options.silhouette_dir, list_images),
+                                 ("--background-video-dir", options.background_video_dir,
+                                  list_videos)):
+        if folder is None:
+            continue
+        try:
+            lister(folder)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"{flag}: {e}") from None
+
+
+def _holds_sequences(out_dir: str) -> bool:
+    """Whether a generator folder holds any written sequence (complete or staged)."""
+    for sub in ("Metadata", "JPEGImages", TEMP_FOLDER):
+        folder = os.path.join(out_dir, sub)
+        if os.path.isdir(folder) and os.listdir(folder):
+            return True
+    return False
+
+
 def check_manifest(out_dir: str, expected: dict) -> None:
-    """Writes the manifest, or raises if the folder holds a dataset made differently."""
+    """Writes the manifest, or raises if the folder holds a dataset made differently.
+
+    A folder that is not ours (files but no manifest) is refused: the generator never writes
+    into a folder it did not make.  A manifest with no sequence beside it (a run that stopped
+    before writing any) is replaced.
+    """
     path = os.path.join(out_dir, MANIFEST)
+    if os.path.isfile(out_dir) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    if os.path.isdir(out_dir) and not os.path.exists(path) and os.listdir(out_dir):
+        raise ValueError(f"--out {out_dir}: folder holds files that the generator did not write "
+                         f"(no {MANIFEST}); choose a new or empty folder")
     if os.path.exists(path):
-        with open(path) as f:
-            found = json.load(f)
+        try:
+            with open(path) as f:
+                found = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable manifest ({e}); use another --out") from None
+        if found != expected and not _holds_sequences(out_dir):
+            found = expected  # nothing made with the old settings: take the new ones.
+            os.remove(path)
         if found != expected:
             keys = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
             raise ValueError(f"{path} was written with different settings ({', '.join(keys)}): "
                              f"found {json.dumps({k: found.get(k) for k in keys})}, now "
                              f"{json.dumps({k: expected.get(k) for k in keys})}; use another --out")
-        return
-    os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(path):
+            return
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"--out {out_dir}: folder is not writable")
     temp = f"{path}.{os.getpid()}.tmp"
     with open(temp, "w") as f:
         json.dump(expected, f, indent=1, sort_keys=True)
@@ -105,9 +152,32 @@ _worker_job: _Job | None = None
 _worker_writer: SequenceWriter | None = None
 
 
-def _init_worker(job: _Job) -> None:
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Ends this worker when the parent process is gone, whatever signal ended it.
+
+    A worker blocked on the executor's queue would otherwise wait forever once its parent is
+    killed (SIGTERM without cleanup, SIGKILL, a crash); Linux re-parents it, which this sees.
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)  # noqa: SLF001 - no cleanup to run: the parent's next run clears staging.
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(job: _Job, parent_pid: int | None = None) -> None:
+    import signal
+
     import cv2  # one OpenCV thread per worker: the workers are the parallelism
 
+    # Ctrl-C reaches the whole process group: the parent decides how to stop, the workers
+    # must not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)
     global _worker_job, _worker_writer
     _worker_job = job
@@ -137,6 +207,13 @@ def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     total = SPLITS[split].num_sequences if num_sequences is None else num_sequences
     shard_index, shard_count = shard
+    if total < 1:
+        raise ValueError(f"--num-sequences must be at least 1, got {total}")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    # Inputs first: a manifest recorded before a typo in an asset folder surfaced would make
+    # the corrected rerun look like a different dataset and be refused.
+    check_asset_folders(options)
     check_manifest(out_dir, manifest(split, seed, options, flow_images))
     indices = list(range(shard_index, total, shard_count))
     names = {i: spec_for_index(split, seed, i).name for i in indices}
@@ -173,7 +250,7 @@ def _generate_in_pool(job: _Job, todo: list[int], workers: int, bar: tqdm) -> No
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})
     executor = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(job,))
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(job, os.getpid()))
     futures = {}
     try:
         try:
@@ -194,5 +271,13 @@ def _generate_in_pool(job: _Job, todo: list[int], workers: int, bar: tqdm) -> No
             f"a worker process died (killed by the system, e.g. for lack of memory?) while rendering one "
             f"of the sequences with indices {unfinished[:workers + 1]} of split {job.split} with seed "
             f"{job.seed}") from None
-    finally:
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM through run_cli) or failed: stop the workers now rather
+        # than waiting for their sequences; their staging folders are cleared by the caller and
+        # the finished sequences are kept, so a rerun resumes.
+        for process in list((executor._processes or {}).values()):  # noqa: SLF001
+            process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -95,6 +95,7 @@ def read_flows(record: benchmarks.SequenceRecord,
                 raise benchmarks.BenchmarkError(
                     f"{path}: flow of size {flow.shape[:2]}, but {first[1]} of the same sequence "
                     f"is {first[0]}")
+            flow_io.check_flow_size(flow.shape[:2], record.image_size, path)
             frames.append(flow_io.resize_flow(flow, *resolution))
         per_gap.append(np.stack(frames))
     return np.concatenate(per_gap, axis=-1), first[0]
