@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = tiny.get_config()
     config.data.source = "synthetic_inline"  # rendered in memory, never repeated: no files.
     config.data.synthetic_split = "syn_train"
+    config.data.synthetic_num_objects = ()   # e.g. (2, 3): train on those counts only.
     config.train.batch_size = 4
     config.train.learning_rate = 3e-4
     config.train.warmup_steps = 200
