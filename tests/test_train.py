@@ -265,3 +265,19 @@ def test_init_params_from_warm_starts_params_only(tmp_path):
     with pytest.raises(ValueError, match="init_params_from.*ff_dim 128 != 64"):
         train.train_and_evaluate(other, str(tmp_path / "c"), devices=devices,
                                  train_batches=moving_squares_batches)
+
+
+def test_synthetic_num_objects_picks_those_sequences_in_order():
+    from oclr_jax import train_data
+    from oclr_jax.data.synth import spec_for_index
+
+    config = small_config()
+    assert [train_data.synthetic_sequence_index(config, "syn_train", e)
+            for e in range(5)] == list(range(5))  # default: every sequence
+    config.data.synthetic_num_objects = (3, 2)
+    indices = [train_data.synthetic_sequence_index(config, "syn_train", e) for e in range(96)]
+    expected = [i for i in range(144) if spec_for_index("syn_train", 0, i).num_objects > 1]
+    assert indices == expected[:96]  # 32 per block of 48, in order, none skipped or repeated
+    config.data.synthetic_num_objects = (2,)
+    with pytest.raises(ValueError, match="synthetic_num_objects"):
+        train_data.synthetic_sequence_index(config, "syn_single", 0)
