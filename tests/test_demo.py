@@ -42,6 +42,21 @@ def test_demo_on_synthetic_clip_with_shipped_checkpoint(tmp_path):
     assert summary["scores"]["modal_J"] > SHIPPED_MODAL_J_FLOOR, summary["scores"]
 
 
+def test_default_clip_is_the_first_occluded_three_object_sequence():
+    from oclr_jax.data.synth import RenderOptions, render_sequence, spec_for_index
+
+    options = RenderOptions(resolution=(64, 112), frames=24)  # the shipped model's clip
+
+    def three_objects_overlapping(index):
+        spec = spec_for_index("syn_val", 0, index)
+        if spec.num_objects != 3:
+            return False
+        amodal = render_sequence(spec, options).amodal
+        return any((amodal[..., a] & amodal[..., b]).any() for a in range(3) for b in range(a))
+
+    assert next(i for i in range(48) if three_objects_overlapping(i)) == demo.DEFAULT_INDEX
+
+
 def _write_video(path, frames, fps=10):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
                              (frames.shape[2], frames.shape[1]))

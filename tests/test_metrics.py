@@ -292,3 +292,17 @@ def test_success_counts_strict_threshold():
 def test_box_to_mask_truncates_like_moca_filter():
     mask = metrics.box_to_mask([2.7, 1.2, 5.9, 4.0], (6, 8))
     assert mask.sum() == 3 * 3 and mask[1, 2] and mask[3, 4] and not mask[4, 5]
+
+
+def test_order_pair_counts_follows_the_matched_layers():
+    gt = np.zeros((2, 3, 8, 8), bool)
+    gt[:, 0, 0:4, 0:4] = True
+    gt[:, 1, 2:6, 2:6] = True      # overlaps object 0
+    gt[:, 2, 6:8, 6:8] = True      # overlaps nobody
+    pred = gt[:, [2, 0, 1]]         # layer 0 = object 2, layer 1 = object 0, layer 2 = object 1
+    # Object 1 (layer 2) is in front of object 0 (layer 1): right iff order[2] < order[1].
+    assert metrics.order_pair_counts(pred, np.array([0.0, 5.0, 1.0]), gt) == (1, 1)
+    assert metrics.order_pair_counts(pred, np.array([0.0, 1.0, 5.0]), gt) == (0, 1)
+    assert metrics.order_pair_counts(pred, np.array([0.0, 1.0, 1.0]), gt) == (0, 1)  # a tie
+    assert metrics.order_pair_counts(pred[:, :1], np.array([0.0]), gt) == (0, 1)  # unmatched
+    assert metrics.order_pair_counts(pred, np.zeros(3), gt[:, 2:]) == (0, 0)  # no pairs

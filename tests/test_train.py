@@ -238,3 +238,49 @@ def test_nonfinite_update_is_skipped_and_rbg_dropout_is_deterministic():
     step = train_step.make_train_step(model, tx, threefry, mesh, FAST_COMPILE)
     state, _ = step(sharding.put_replicated(after_nan, mesh), sharding.global_batch(local, mesh))
     assert _max_abs_diff(jax.device_get(state.params), finals[0]) > 1e-7
+
+
+def test_init_params_from_warm_starts_params_only(tmp_path):
+    devices = jax.devices()[:1]
+    source = train.train_and_evaluate(small_config("train.num_steps=2"), str(tmp_path / "a"),
+                                      devices=devices, train_batches=moving_squares_batches,
+                                      compiler_options=FAST_COMPILE)
+    model_dir = str(tmp_path / "a" / "model")
+    config = small_config("train.num_steps=2", f"train.init_params_from={model_dir}")
+    warm = train.train_and_evaluate(config, str(tmp_path / "b"), devices=devices,
+                                    train_batches=moving_squares_batches, stop_at_step=0,
+                                    compiler_options=FAST_COMPILE)
+    assert int(warm.step) == 0
+    assert _max_abs_diff(warm.params, source.params) == 0.0
+    # Fresh optimizer: Adam's moments are zero, not the source run's.
+    assert max(float(np.max(np.abs(x))) for x in jax.tree.leaves(warm.opt_state)
+               if np.asarray(x).dtype == np.float32) == 0.0
+    # A resumed run continues its own state and ignores init_params_from.
+    stepped = train.train_and_evaluate(config, str(tmp_path / "b"), devices=devices,
+                                       train_batches=moving_squares_batches, stop_at_step=1,
+                                       compiler_options=FAST_COMPILE)
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"), devices=devices,
+                                       train_batches=moving_squares_batches, stop_at_step=1,
+                                       compiler_options=FAST_COMPILE)
+    assert int(resumed.step) == 1 and _max_abs_diff(resumed.params, stepped.params) == 0.0
+    other = small_config("train.num_steps=2", "model.ff_dim=64",
+                         f"train.init_params_from={model_dir}")
+    with pytest.raises(ValueError, match="init_params_from.*ff_dim 128 != 64"):
+        train.train_and_evaluate(other, str(tmp_path / "c"), devices=devices,
+                                 train_batches=moving_squares_batches)
+
+
+def test_synthetic_num_objects_picks_those_sequences_in_order():
+    from oclr_jax.train import batches as train_data
+    from oclr_jax.data.synth import spec_for_index
+
+    config = small_config()
+    assert [train_data.synthetic_sequence_index(config, "syn_train", e)
+            for e in range(5)] == list(range(5))  # default: every sequence
+    config.data.synthetic_num_objects = (3, 2)
+    indices = [train_data.synthetic_sequence_index(config, "syn_train", e) for e in range(96)]
+    expected = [i for i in range(144) if spec_for_index("syn_train", 0, i).num_objects > 1]
+    assert indices == expected[:96]  # 32 per block of 48, in order, none skipped or repeated
+    config.data.synthetic_num_objects = (2,)
+    with pytest.raises(ValueError, match="synthetic_num_objects"):
+        train_data.synthetic_sequence_index(config, "syn_single", 0)

@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.max_decays = 9             # ...at most this many times.
     config.train.clip_value = 5.0           # gradient clipping by value.
     config.train.grad_accum_steps = 1       # sequential microbatches per step (same batch).
+    config.train.init_params_from = ""      # a model checkpoint: start from its params only
+                                            # (fresh optimizer, warm-up again); ignored on resume.
     config.train.skip_nonfinite_updates = True  # keep params when loss/grads are NaN/inf.
     config.train.dropout_rng = "threefry"  # threefry (masks independent of the device count)
                                             # | rbg (XLA RngBitGenerator: faster).

@@ -173,6 +173,12 @@ class WindowPredictor:
 
         Label k+1 marks the visible pixels of layer k; probs is (N, T, H, W, K) float32.
         """
+        labels, probs, _ = self.predict(flows)
+        return labels, probs
+
+    def predict(self, flows: np.ndarray
+                ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """As `__call__`, plus the order logits (N, K) float32 (smaller = nearer)."""
         import jax
 
         count = flows.shape[0]
@@ -184,7 +190,8 @@ class WindowPredictor:
                                           jax.device_put(padded, self._batch_sharding))
         self.num_layers = order.shape[-1]
         labels = np.asarray(labels)[:count]
-        return labels, None if probs is None else np.asarray(probs)[:count]
+        return (labels, None if probs is None else np.asarray(probs)[:count],
+                np.asarray(order, np.float32)[:count])
 
 
 def make_window_step(predict_fn: Callable[..., dict], mesh, threshold: float = 0.5,
@@ -228,6 +235,7 @@ class SequencePrediction:
       labels: (W, T, h, w) uint8 modal label maps (layer k -> k+1) per window.
       amodal_probs: (W, T, h, w, K) float32 sigmoid amodal masks, or None.
       num_layers: K, the model's object layers.
+      order_logits: (W, K) float32 order logits per window (smaller = nearer), or None.
     """
 
     record: SequenceRecord
@@ -235,6 +243,7 @@ class SequencePrediction:
     labels: np.ndarray
     amodal_probs: Optional[np.ndarray]
     num_layers: int
+    order_logits: Optional[np.ndarray] = None
 
 
 class _PendingSequence:
@@ -250,7 +259,8 @@ class _PendingSequence:
     def result(self, num_layers: int) -> SequencePrediction:
         probs = None if self.parts[0][1] is None else np.stack([p[1] for p in self.parts])
         return SequencePrediction(self.record, self.windows,
-                                  np.stack([p[0] for p in self.parts]), probs, num_layers)
+                                  np.stack([p[0] for p in self.parts]), probs, num_layers,
+                                  np.stack([p[2] for p in self.parts]))
 
 
 def predict_sequences(records: Iterable[SequenceRecord], predictor: WindowPredictor,
@@ -291,11 +301,11 @@ def predict_sequences(records: Iterable[SequenceRecord], predictor: WindowPredic
                 break
             future = pool.submit(load, batch_iter)
             batch, flows = loaded
-            labels, probs = predictor(flows)
+            labels, probs, order = predictor.predict(flows)
             for i, (pending, w, _) in enumerate(batch):
                 if not queue or queue[-1] is not pending:
                     queue.append(pending)
-                pending.parts[w] = (labels[i], None if probs is None else probs[i])
+                pending.parts[w] = (labels[i], None if probs is None else probs[i], order[i])
             while queue and queue[0].complete():
                 yield queue.pop(0).result(predictor.num_layers)
 

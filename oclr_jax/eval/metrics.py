@@ -209,6 +209,40 @@ def match_layers_to_objects(pred_layers: np.ndarray, gt_layers: np.ndarray,
     return object_of_layer
 
 
+def order_pair_counts(pred_amodal: np.ndarray, order_logits: np.ndarray,
+                      gt_amodal: np.ndarray) -> tuple[int, int]:
+    """Depth order of one window, scored on the ground-truth pairs that overlap.
+
+    Predicted layers are assigned to objects by the frame-averaged amodal IoU (Hungarian).
+    For every pair of objects i < j whose amodal masks overlap in some frame, the pair is
+    right when the layer of j (the higher channel, in front) has the smaller order value
+    (nearer) than the layer of i; a tie, or an object left without a layer, is wrong.
+
+    Args:
+      pred_amodal: (T, P, H, W) bool predicted amodal layers.
+      order_logits: (P,) order values, smaller = nearer.
+      gt_amodal: (T, O, H, W) bool, a higher channel in front.
+    Returns:
+      (right, pairs): overlapping pairs ordered correctly, overlapping pairs.
+    """
+    pred_amodal, gt_amodal = np.asarray(pred_amodal, bool), np.asarray(gt_amodal, bool)
+    num_gt = gt_amodal.shape[1]
+    layer_of_object = np.full(num_gt, -1)
+    if num_gt and pred_amodal.shape[1]:
+        objects, layers = assign_max(iou_matrix(pred_amodal, gt_amodal).mean(axis=0))
+        layer_of_object[objects] = layers
+    right = pairs = 0
+    for i in range(num_gt):
+        for j in range(i + 1, num_gt):
+            if not (gt_amodal[:, i] & gt_amodal[:, j]).any():
+                continue
+            pairs += 1
+            back, front = layer_of_object[i], layer_of_object[j]
+            if back >= 0 and front >= 0 and order_logits[front] < order_logits[back]:
+                right += 1
+    return right, pairs
+
+
 def window_hungarian_iou(pred_layers: np.ndarray, gt_layers: np.ndarray) -> np.ndarray:
     """The official OCLR per-window J of every frame.  (T, P, H, W), (T, O, H, W) -> (T,).
 

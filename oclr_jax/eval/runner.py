@@ -132,12 +132,13 @@ def assemble_prediction(prediction: inference.SequencePrediction, upsample: str
 
     Each window's layers are resized to the annotation size, assigned to objects as the
     official code does before saving, and every frame is taken from its first window.
-    Returns (labels (T, H, W) uint8, amodal (T, H, W, K) bool or None).
+    Returns (labels (T, H, W) uint8, amodal (T, H, W, K) bool or None, and per window the
+    (T, H, W, K) bool amodal layers in the model's layer order (empty without amodal)).
     """
     record = prediction.record
     size = record.annotation_size
     num_layers = prediction.num_layers
-    labels, amodal = [], []
+    labels, amodal, amodal_layers = [], [], []
     for w, indices in enumerate(prediction.windows):
         onehot = inference.labels_to_onehot(prediction.labels[w], num_layers)
         layers = inference.upsample_layers(onehot, size, upsample)  # (T, H, W, K)
@@ -145,11 +146,12 @@ def assemble_prediction(prediction: inference.SequencePrediction, upsample: str
         labels.append(window_labels)
         if prediction.amodal_probs is not None:
             probs = inference.upsample_layers(prediction.amodal_probs[w], size, upsample)
+            amodal_layers.append(probs)
             amodal.append(probs[..., _layers_by_label(label_of_layer)])
     labels = inference.stitch(prediction.windows, labels, record.num_frames)
     amodal_out = inference.stitch(prediction.windows, amodal, record.num_frames) if amodal \
         else None
-    return labels, amodal_out
+    return labels, amodal_out, amodal_layers
 
 
 def _layers_by_label(label_of_layer: Sequence[int]) -> list[int]:
@@ -160,7 +162,8 @@ def _layers_by_label(label_of_layer: Sequence[int]) -> list[int]:
 
 
 def _finish_sequence(options: EvalOptions, record: SequenceRecord, labels: np.ndarray,
-                     amodal: Optional[np.ndarray], num_layers: Optional[int], key: str) -> dict:
+                     amodal: Optional[np.ndarray], num_layers: Optional[int], key: str,
+                     extra: Optional[dict] = None) -> dict:
     flow_only_labels = labels
     if options.refine is not None:
         labels = options.refine(record, labels)
@@ -170,6 +173,7 @@ def _finish_sequence(options: EvalOptions, record: SequenceRecord, labels: np.nd
         eval_outputs.write_overlays(options.out_dir, record, labels)
     windows = inference.cut_windows(record.num_frames, options.window)
     row = scoring.score_sequence(record, labels, amodal, windows, num_layers)
+    row.update(extra or {})
     if options.refine is not None:  # the unrefined scores, reported beside the refined ones
         row["flow_only"] = scoring.score_sequence(record, flow_only_labels, amodal, windows,
                                                   num_layers)
@@ -240,9 +244,15 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
             for prediction in inference.predict_sequences(records, predictor, options.gaps,
                                                           options.resolution, options.window,
                                                           options.unpad_flow):
-                labels, amodal = assemble_prediction(prediction, options.upsample)
+                labels, amodal, amodal_layers = assemble_prediction(prediction,
+                                                                    options.upsample)
+                extra = None
+                if options.dataset == "synval" and prediction.order_logits is not None:
+                    extra = scoring.synval_order_row(prediction.record, prediction.windows,
+                                                     amodal_layers, prediction.order_logits)
                 done(_finish_sequence(options, prediction.record, labels, amodal,
-                                      prediction.num_layers, keys.get(prediction.record.name, "")))
+                                      prediction.num_layers, keys.get(prediction.record.name, ""),
+                                      extra))
         else:
             for record in records:
                 labels, amodal = eval_outputs.read_prediction_masks(options.predictions_dir, record)

@@ -192,6 +192,7 @@ def score_sequence(record: SequenceRecord, labels: np.ndarray,
         gt_amodal = np.moveaxis(record.amodal, -1, 1)  # (T, O, H, W)
         gt_modal = np.moveaxis(metrics.modal_from_amodal(record.amodal), -1, 1)
         pred = np.moveaxis(metrics.labels_to_layers(labels, num_layers), 0, 1)  # (T, P, H, W)
+        row["num_objects"] = int(record.amodal.shape[-1])
         row["J_modal"] = float(metrics.window_hungarian_iou(pred, gt_modal).mean())
         if amodal is not None:
             pred_amodal = np.moveaxis(amodal, -1, 1)
@@ -246,7 +247,57 @@ def summarize(dataset: str, rows: Sequence[dict]) -> dict:
         summary["J_modal"] = _pooled(rows, "J_modal")  # the official 'framewise' mean.
         if any("J_amodal" in r for r in rows):
             summary["J_amodal"] = _pooled(rows, "J_amodal")
+        summary.update(synval_breakdown(rows))
     return summary
+
+
+def synval_order_row(record: SequenceRecord, windows: Sequence[np.ndarray],
+                     amodal_layers: Sequence[np.ndarray], order_logits: np.ndarray) -> dict:
+    """Order scores of one Syn-Val sequence from its per-window model outputs.
+
+    Args:
+      record: the sequence (its amodal annotations, a higher channel in front).
+      windows: the frame indices of each window.
+      amodal_layers: per window, (T, H, W, K) bool amodal layers at the annotation size.
+      order_logits: (W, K) order values per window (smaller = nearer).
+    Returns:
+      {'order_right', 'order_pairs'} summed over windows (`metrics.order_pair_counts`), and
+      'order_logits' (W x K list).
+    """
+    row_of_frame = {frame: row for row, frame in enumerate(record.annotated)}
+    right = pairs = 0
+    for indices, layers, order in zip(windows, amodal_layers, order_logits):
+        positions = [p for p, f in enumerate(indices) if int(f) in row_of_frame]
+        if not positions:
+            continue
+        gt = np.moveaxis(record.amodal[[row_of_frame[int(indices[p])] for p in positions]], -1, 1)
+        pred = np.moveaxis(np.asarray(layers)[positions], -1, 1)
+        r, n = metrics.order_pair_counts(pred, order, gt)
+        right, pairs = right + r, pairs + n
+    return {"order_right": right, "order_pairs": pairs,
+            "order_logits": np.asarray(order_logits, np.float64).round(6).tolist()}
+
+
+def synval_breakdown(rows: Sequence[dict]) -> dict:
+    """Syn-Val scores by object count, the order accuracy over overlapping pairs, and how
+    much the order logits vary between windows (0 when the order head ignores its input)."""
+    out: dict = {}
+    for count in sorted({r["num_objects"] for r in rows if "num_objects" in r}):
+        subset = [r for r in rows if r.get("num_objects") == count]
+        out[f"J_modal_{count}obj"] = _pooled(subset, "J_modal")
+        if any("J_amodal" in r for r in subset):
+            out[f"J_amodal_{count}obj"] = _pooled(subset, "J_amodal")
+    scored = [r for r in rows if "order_pairs" in r]
+    if scored:
+        pairs = sum(r["order_pairs"] for r in scored)
+        out["order_pairs"] = pairs
+        out["order_accuracy"] = (sum(r["order_right"] for r in scored) / pairs if pairs
+                                 else float("nan"))
+        logits = np.concatenate([np.asarray(r["order_logits"], np.float64).reshape(
+            -1, np.shape(r["order_logits"])[-1]) for r in scored if r.get("order_logits")])
+        if len(logits) > 1:
+            out["order_logit_std"] = float(logits.std(axis=0).mean())
+    return out
 
 
 HEADLINE = {"davis2016": "J_mean", "davis2017m": "JF_mean", "segtrackv2": "J_mean",
@@ -259,5 +310,5 @@ TABLE_COLUMNS = {
     "segtrackv2": ("J_mean", "F_mean"),
     "fbms59": ("J_mean", "F_mean"),
     "moca": ("box_iou_mean",) + tuple(f"SR_{t}" for t in metrics.MOCA_THRESHOLDS),
-    "synval": ("J_modal", "J_amodal"),
+    "synval": ("J_modal", "J_amodal", "num_objects", "order_right", "order_pairs"),
 }

@@ -38,7 +38,9 @@ class ConvBlock(nn.Module):
         for index, width_in in ((1, in_channels), (2, features)):
             layers[f"{name}conv{index}"] = nn.Conv2d(width_in, features, 3, padding=1, bias=False)
             layers[f"{name}norm{index}"] = nn.InstanceNorm2d(features)
-            layers[f"{name}relu{index}"] = nn.LeakyReLU()
+            # In place, as the official block: the benchmarks' baseline must hold the same
+            # activations for the backward (one fewer full-size tensor per layer).
+            layers[f"{name}relu{index}"] = nn.LeakyReLU(inplace=True)
         self.conv_block = nn.Sequential(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
@@ -266,7 +268,7 @@ class AttnMap(nn.Module):
     def __init__(self, width: int, num_heads: int, num_query: int):
         super().__init__()
         self.heads = num_heads
-        self.mlp = nn.Sequential(nn.Linear(num_heads * num_query, width), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(num_heads * num_query, width), nn.ReLU(inplace=True))
 
     def forward(self, decoded: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         batch, t, h, w, c = memory.shape
@@ -285,7 +287,7 @@ class OrderingHead(nn.Module):
     def __init__(self, width: int, num_query: int):
         super().__init__()
         self.num_query = num_query
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
 
     def forward(self, decoded: torch.Tensor) -> torch.Tensor:  # (B, K*T, c)
         batch, _, c = decoded.shape

@@ -17,6 +17,7 @@ from.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -64,16 +65,51 @@ def _stack(examples: list[dict]) -> dict:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
+SPEC_BLOCK = 48  # a Syn-Train / Syn-Val block: every composition cell once.
+
+
+@functools.lru_cache(maxsize=64)
+def _indices_with_counts(split: str, seed: int, block: int, counts: tuple[int, ...]) -> tuple:
+    from oclr_jax.data.synth import spec_for_index
+
+    first = block * SPEC_BLOCK
+    return tuple(i for i in range(first, first + SPEC_BLOCK)
+                 if spec_for_index(split, seed, i).num_objects in counts)
+
+
+def synthetic_sequence_index(config, split: str, example: int) -> int:
+    """The sequence index of global training example `example`.
+
+    Every sequence in order, or with `data.synthetic_num_objects` (e.g. (2, 3)) only those
+    with that many objects, in order: blocks of 48 hold each count equally often, so example
+    e is the (e mod n)-th such sequence of block e // n (n per block).
+    """
+    counts = tuple(sorted(int(c) for c in (config.data.get("synthetic_num_objects") or ())))
+    if not counts:
+        return example
+    seed = int(config.seed)
+    per_block = len(_indices_with_counts(split, seed, 0, counts))
+    block, rank = divmod(example, per_block) if per_block else (0, 0)
+    chosen = _indices_with_counts(split, seed, block, counts)
+    if len(chosen) != per_block or not per_block:
+        raise ValueError(f"data.synthetic_num_objects={counts}: split {split} does not hold "
+                         f"them equally in every block of {SPEC_BLOCK} sequences")
+    return chosen[rank]
+
+
 def synthetic_train_batches(config, *, process_index: int, process_count: int,
                             start_step: int = 0) -> Iterator[dict]:
-    """Endless per-process batches of freshly rendered sequences (index = global example)."""
+    """Endless per-process batches of freshly rendered sequences (index: see
+    `synthetic_sequence_index`)."""
     split = config.data.get("synthetic_split", "syn_train") or "syn_train"
     global_batch = int(config.train.batch_size)
     local_batch = global_batch // process_count
     step = int(start_step)
     while True:
         first = step * global_batch + process_index * local_batch
-        yield _stack([_render_example(config, split, first + r) for r in range(local_batch)])
+        yield _stack([_render_example(config, split,
+                                      synthetic_sequence_index(config, split, first + r))
+                      for r in range(local_batch)])
         step += 1
 
 

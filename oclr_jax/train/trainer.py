@@ -235,6 +235,8 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     if state is None:
         state = init_train_state(model, tx, jax.random.PRNGKey(int(config.seed)), in_channels,
                                  mesh, compiler_options)
+        if config.train.get("init_params_from"):
+            state = warm_start_params(state, config, str(config.train.init_params_from), mesh)
     start_step = int(jax.device_get(state.step))
     num_steps = int(config.train.num_steps)
     last_step = num_steps if stop_at_step is None else min(num_steps, int(stop_at_step))
@@ -264,6 +266,29 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     if int(jax.device_get(state.step)) == num_steps and not preempted:
         export_model(state.params, config, workdir)
     return state
+
+
+def warm_start_params(state: TrainState, config, path: str, mesh) -> TrainState:
+    """A fresh state whose params are read from a model checkpoint (`train.init_params_from`).
+
+    Only the params: the optimizer state, step (0, so the warm-up runs again from a zero rate)
+    and dropout key stay fresh.  Used once, when the workdir has no train-state checkpoint; a
+    resumed run ignores it.  The checkpoint must describe the same model (`config.model`).
+    """
+    from oclr_jax.checkpoint import load_checkpoint
+
+    _, params, source_config = load_checkpoint(path, model_source="flax")
+    theirs, ours = source_config.model.to_dict(), config.model.to_dict()
+    shape_keys = ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim")
+    different = [k for k in shape_keys if theirs.get(k) != ours.get(k)]
+    if different or list(source_config.data.gaps) != list(config.data.gaps):
+        raise ValueError(f"train.init_params_from={path}: its model differs from this config's "
+                         f"({', '.join(f'{k} {theirs.get(k)} != {ours.get(k)}' for k in different) or 'data.gaps'}); "
+                         f"warm-start from a checkpoint of the same model")
+    params = jax.tree.map(lambda x, ref: jax.device_put(np.asarray(x, np.float32), ref.sharding),
+                          params, state.params)
+    logging.info("warm start: params from %s, fresh optimizer state", path)
+    return state.replace(params=params)
 
 
 def export_model(params, config, workdir: str) -> str:
