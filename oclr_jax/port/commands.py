@@ -46,12 +46,13 @@ def _refuse_existing(path: str, overwrite: bool, folder: bool = False) -> None:
     if os.path.exists(path):
         if not overwrite:
             raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
-        if folder and not (os.path.isdir(path)
-                           and os.path.isfile(os.path.join(path, "config.json"))
-                           and os.path.isdir(os.path.join(path, "params"))):
+        if folder and not (os.path.isdir(path) and (
+                not os.listdir(path)  # an empty folder: nothing of anyone's to lose
+                or (os.path.isfile(os.path.join(path, "config.json"))
+                    and os.path.isdir(os.path.join(path, "params"))))):
             raise PortError(f"{path}: --overwrite replaces only an oclr-jax checkpoint folder "
-                            "(config.json + params/); this is something else: choose another "
-                            "output folder")
+                            "(config.json + params/) or an empty folder; this is something "
+                            "else: choose another output folder")
         if not folder and not os.path.isfile(path):
             raise PortError(f"{path}: --overwrite replaces only a file; this is a folder")
     parent = os.path.dirname(os.path.abspath(path))
