@@ -334,7 +334,9 @@ def main(argv=None) -> int:
         _export_from_files(*argv[1:3])
         return 0
     args, overrides = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing orbax (absl) has already given the root logger a WARNING handler.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     initialize_distributed(args)
     config = load_config(args.config, overrides)
     compiler_options = {}
