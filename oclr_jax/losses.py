@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oclr_jax.resample import torch_nearest_indices
+
 # torch clamps log(p) at -100.  Below float32's smallest normal number we return -100 directly,
 # so neither a flushed denormal nor 1/p overflows in the backward pass (torch would give log(p)
 # in (-100, -87.3) there; the difference is immaterial).
@@ -53,22 +55,13 @@ def binary_cross_entropy_with_logits(logits: jnp.ndarray, targets: jnp.ndarray) 
     return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source indices of torch `F.interpolate(mode='nearest')`: floor(i * in/out) (float32)."""
-    if in_size == out_size:
-        return np.arange(out_size)
-    scale = np.float32(in_size) / np.float32(out_size)
-    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(index, in_size - 1)
-
-
 def resize_masks_nearest(masks: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
     """(B, T, H, W, K) -> (B, T, h, w, K) by torch's nearest rule; identity when sizes agree."""
     height, width = masks.shape[2:4]
     if (height, width) == tuple(size):
         return masks
-    masks = jnp.take(masks, nearest_indices(height, size[0]), axis=2)
-    return jnp.take(masks, nearest_indices(width, size[1]), axis=3)
+    masks = jnp.take(masks, torch_nearest_indices(height, size[0]), axis=2)
+    return jnp.take(masks, torch_nearest_indices(width, size[1]), axis=3)
 
 
 def _shifted_update(x: jnp.ndarray, source: jnp.ndarray, shift: int, axis: int,

@@ -133,18 +133,3 @@ def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
         raise ValueError(f"{path}: OpenCV could not encode the flow PNG")
     atomic_write_bytes(path, buf.tobytes())
 
-
-def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a `(H, W, 2)` flow with the vectors scaled to the new size.
-
-    `u` is multiplied by `W_new / W_old` and `v` by `H_new / H_old` (DESIGN.md §1): flow is in
-    pixels of the grid it lives on.
-    """
-    import cv2
-
-    old_h, old_w = flow.shape[:2]
-    if (old_h, old_w) == (height, width):
-        return np.asarray(flow, np.float32)
-    resized = cv2.resize(np.asarray(flow, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scale = np.array([width / old_w, height / old_h], np.float32)
-    return (resized * scale).astype(np.float32)

@@ -24,9 +24,11 @@ import os
 import warnings
 from typing import Sequence
 
+import cv2
 import numpy as np
 
-from oclr_jax.data import flow_io
+from oclr_jax import resample
+from oclr_jax.data import flow_io, masks_io
 from oclr_jax.errors import UserError
 
 IMAGE_DIR = "JPEGImages"
@@ -159,8 +161,6 @@ def read_gap_flow(root: str, name: str, frame: str, gap: int) -> tuple[np.ndarra
 
 def _read_png_channel(path: str) -> np.ndarray:
     """A PNG as one uint8 channel (the red channel of a colour PNG, as the official reader)."""
-    import cv2
-
     if not os.path.exists(path):
         raise LayoutError(f"{path}: mask file does not exist")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -177,11 +177,8 @@ def _read_png_channel(path: str) -> np.ndarray:
 
 def _resize_mask(mask_u8: np.ndarray, resolution: tuple[int, int] | None) -> np.ndarray:
     """Binary mask (bool); resized as the official loader: bilinear on 0/255, then > 0.5."""
-    import cv2
-
-    if resolution is not None and mask_u8.shape != tuple(resolution):
-        mask_u8 = cv2.resize(mask_u8, (resolution[1], resolution[0]),
-                             interpolation=cv2.INTER_LINEAR)
+    if resolution is not None:
+        mask_u8 = resample.bilinear(mask_u8, resolution)
     return mask_u8 > 127
 
 
@@ -231,10 +228,6 @@ def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_obje
     background and anything else, e.g. an occluder), or None when the sequence has no such
     folder (the official data ships none; our generator writes them).  `(T, H, W, n)` bool.
     Label maps are resized with nearest neighbour."""
-    import cv2
-
-    from oclr_jax.data import masks_io
-
     folder = os.path.join(root, MODAL_DIR, name)
     if not os.path.isdir(folder):
         return None
@@ -245,9 +238,8 @@ def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_obje
             labels = masks_io.read_label_png(path)
         except masks_io.MaskFileError as e:
             raise LayoutError(str(e)) from e
-        if resolution is not None and labels.shape != tuple(resolution):
-            labels = cv2.resize(labels, (resolution[1], resolution[0]),
-                                interpolation=cv2.INTER_NEAREST)
+        if resolution is not None:
+            labels = resample.opencv_nearest(labels, resolution)
         masks.append(labels[..., None] == np.arange(1, num_objects + 1, dtype=np.uint8))
     paths = [os.path.join(folder, f + ".png") for f in frames]
     return _stack_same_shape(masks, paths, "modal label map")
@@ -255,14 +247,13 @@ def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_obje
 
 def read_rgb(path: str, resolution: tuple[int, int] | None = None) -> np.ndarray:
     """A frame as `(H, W, 3)` uint8 RGB, optionally resized bilinearly."""
-    import cv2
 
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise LayoutError(f"{path}: missing or undecodable frame image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if resolution is not None and image.shape[:2] != tuple(resolution):
-        image = cv2.resize(image, (resolution[1], resolution[0]), interpolation=cv2.INTER_LINEAR)
+    if resolution is not None:
+        image = resample.bilinear(image, resolution)
     return image
 
 
@@ -302,7 +293,7 @@ def read_sequence(root: str, name: str, gaps: Sequence[int] = (1, -1), *,
         per_frame, paths = zip(*(read_gap_flow(root, name, frame, gap) for frame in frames))
         flow = _stack_same_shape(list(per_frame), list(paths), "flow")
         if resolution is not None:
-            flow = np.stack([flow_io.resize_flow(f, *resolution) for f in flow])
+            flow = np.stack([resample.resize_flow(f, *resolution) for f in flow])
         flows[int(gap)] = flow.astype(np.float32)
     first = next(iter(flows.values())) if flows else None
     grid = tuple(first.shape[1:3]) if first is not None else resolution

@@ -104,8 +104,8 @@ def video_clip(path: str, config, max_frames: int, flow_height: int) -> Clip:
     """
     import cv2
 
-    from oclr_jax.data.flow_io import resize_flow
     from oclr_jax.data.synth.backgrounds import estimate_flows
+    from oclr_jax.resample import resize_flow
 
     rgb, fps = read_video(path, max_frames)
     height, width = rgb.shape[1:3]
@@ -160,9 +160,8 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     order_logits = stitch(windows, orders, len(flow))
     amodal = upsample_layers(probs, size)  # (N, H, W, K) bool
     layers_front_to_back = np.asarray(front_to_back(jnp.asarray(order_logits)))
-    modal = np.concatenate([np.asarray(compose_modal(amodal[i][None, None],
-                                                     layers_front_to_back[i][None]))[0]
-                            for i in range(len(amodal))])
+    # Each frame with its own window's order: frames as the batch axis, T = 1.
+    modal = np.asarray(compose_modal(amodal[:, None], layers_front_to_back))[:, 0]
     return Prediction(amodal, modal, layers_front_to_back, order_logits)
 
 

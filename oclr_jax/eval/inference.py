@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from oclr_jax import resample
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import SequenceRecord
 from oclr_jax.errors import UserError
@@ -128,7 +129,7 @@ def load_window_flow(record: SequenceRecord, indices: Sequence[int], gaps: Seque
                 flow = flow_io.read_flow(path)
                 if unpad:
                     flow = crop_raft_padding(flow, record.image_size, path)
-                channels.append(sign * flow_io.resize_flow(flow, height, width))
+                channels.append(sign * resample.resize_flow(flow, height, width))
             cache[frame] = np.concatenate(channels, axis=-1)
         frames.append(cache[frame])
     return np.stack(frames).astype(np.float32)
@@ -300,8 +301,6 @@ def upsample_layers(layers: np.ndarray, size: Sequence[int], method: str = "bili
     Returns:
       (T, H, W, K) bool.
     """
-    import cv2
-
     if method not in UPSAMPLE_METHODS:
         raise ValueError(f"upsample method must be one of {UPSAMPLE_METHODS}; got {method!r}")
     layers = np.asarray(layers, np.float32)
@@ -309,16 +308,9 @@ def upsample_layers(layers: np.ndarray, size: Sequence[int], method: str = "bili
     if layers.shape[1:3] == (height, width):
         return layers > 0.5
     if method == "nearest":
-        rows = np.minimum((np.arange(height) * (layers.shape[1] / height)).astype(np.int64),
-                          layers.shape[1] - 1)
-        cols = np.minimum((np.arange(width) * (layers.shape[2] / width)).astype(np.int64),
-                          layers.shape[2] - 1)
-        return layers[:, rows][:, :, cols] > 0.5
-    out = np.empty((layers.shape[0], height, width, layers.shape[-1]), bool)
-    for t, frame in enumerate(layers):
-        resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[t] = resized.reshape(height, width, -1) > 0.5
-    return out
+        return resample.resize_nearest(layers, size, resample.torch_nearest_indices,
+                                       axes=(1, 2)) > 0.5
+    return np.stack([resample.bilinear(frame, size) for frame in layers]) > 0.5
 
 
 def labels_to_onehot(labels: np.ndarray, num_layers: int) -> np.ndarray:
