@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oclr_jax.compose import compose_modal_back_to_front, ground_truth_modal
 from oclr_jax.resample import torch_nearest_indices
 
 # torch clamps log(p) at -100.  Below float32's smallest normal number we return -100 directly,
@@ -122,26 +123,6 @@ def boundary_loss(amodal_logits: jnp.ndarray, gt_amodal: jnp.ndarray, width: int
     return jnp.mean(bce) / (jnp.sum(strip) + 1e-12) * strip.size
 
 
-def compose_modal(masks: jnp.ndarray, back_to_front: Sequence[int]) -> jnp.ndarray:
-    """Modal masks from amodal ones for one fixed layer order (official `find_recon_mask`).
-
-    masks (..., K) in [0, 1]; `back_to_front` lists channels from the farthest to the nearest.
-    Each layer keeps what the layers in front of it leave uncovered.
-    """
-    covered = jnp.zeros(masks.shape[:-1], masks.dtype)
-    modal = [None] * masks.shape[-1]
-    for channel in reversed(tuple(back_to_front)):
-        layer = masks[..., channel]
-        modal[channel] = layer * (1.0 - covered)
-        covered = (1.0 - covered) * layer + covered
-    return jnp.stack(modal, axis=-1)
-
-
-def ground_truth_modal(gt_amodal: jnp.ndarray) -> jnp.ndarray:
-    """GT modal masks: channel order is depth order (the higher channel is in front)."""
-    return compose_modal(gt_amodal, range(gt_amodal.shape[-1]))
-
-
 def order_probabilities(order_logits: jnp.ndarray) -> jnp.ndarray:
     """Normalised weight of every back-to-front permutation (itertools order).  (B, K) -> (B, K!).
 
@@ -169,7 +150,7 @@ def soft_modal_masks(amodal_probs: jnp.ndarray, order_logits: jnp.ndarray) -> jn
     mixed = jnp.zeros_like(amodal_probs)
     for index, back_to_front in enumerate(itertools.permutations(range(num_layers))):
         weight = weights[:, index][:, None, None, None, None]
-        mixed = mixed + weight * compose_modal(amodal_probs, back_to_front)
+        mixed = mixed + weight * compose_modal_back_to_front(amodal_probs, back_to_front)
     return clip_like_torch(mixed, 0.0, 1.0)
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from oclr_jax.data import augment as augment_lib
 
-OUTPUT_KEYS = ("flow", "amodal", "modal", "num_objects")
+OUTPUT_KEYS = ("flow", "amodal", "num_objects")
 
 
 def hide_accelerators_from_tf() -> None:
@@ -189,17 +189,15 @@ def _fold(seed, *values):
     return key
 
 
-def unpack_masks(amodal_bits, num_channels: int) -> tuple:
-    """uint8 bit planes `(...)` -> amodal and modal masks `(..., K)` float32.
+def unpack_masks(amodal_bits, num_channels: int):
+    """uint8 bit planes `(...)` -> amodal masks `(..., K)` float32 (bit k = channel k).
 
-    Modal masks are composed with the higher channel in front, as the official training derives
-    its targets: object k is visible where its bit is the highest one set, `bits >> k == 1`.
+    The modal targets are not shipped: the train step derives them from these
+    (`compose.ground_truth_modal`), as the official training does.
     """
     shifted = tf.bitwise.right_shift(amodal_bits[..., None],
                                      tf.cast(tf.range(num_channels), amodal_bits.dtype))
-    amodal = tf.cast(tf.bitwise.bitwise_and(shifted, 1), tf.float32)
-    modal = tf.cast(tf.equal(shifted, 1), tf.float32)
-    return amodal, modal
+    return tf.cast(tf.bitwise.bitwise_and(shifted, 1), tf.float32)
 
 
 def _check_example(example: dict, num_channels: int) -> dict:
@@ -265,7 +263,7 @@ def make_train_dataset(config, *, seed: int, process_index: int, process_count: 
 
     def finish(batch):
         batch = dict(batch)
-        batch["amodal"], batch["modal"] = unpack_masks(batch.pop("amodal_bits"), num_channels)
+        batch["amodal"] = unpack_masks(batch.pop("amodal_bits"), num_channels)
         return batch
 
     dataset = tf.data.Dataset.counter(start=int(start_step) * batch_size)

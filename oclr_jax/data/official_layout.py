@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from oclr_jax import resample
+from oclr_jax.compose import ground_truth_modal
 from oclr_jax.data import flow_io, masks_io
 from oclr_jax.errors import UserError
 
@@ -211,17 +212,6 @@ def read_amodal_masks(root: str, name: str, frame: str, num_objects: int,
     return np.stack(masks, axis=-1)
 
 
-def compose_modal(amodal: np.ndarray) -> np.ndarray:
-    """Modal (visible) masks from amodal ones, the higher channel in front.  `(..., n)` bool."""
-    amodal = np.asarray(amodal, bool)
-    modal = np.zeros_like(amodal)
-    claimed = np.zeros(amodal.shape[:-1], bool)
-    for k in reversed(range(amodal.shape[-1])):
-        modal[..., k] = amodal[..., k] & ~claimed
-        claimed |= amodal[..., k]
-    return modal
-
-
 def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_objects: int,
                            resolution: tuple[int, int] | None = None) -> np.ndarray | None:
     """Visible masks from `Annotations/<seq>/<frame>.png` label maps (id k = object k, 0 for
@@ -316,4 +306,4 @@ def read_sequence(root: str, name: str, gaps: Sequence[int] = (1, -1), *,
             raise LayoutError(f"{paths[0]}: frames of size {rgb.shape[1:3]} but flows of size "
                               f"{grid} in sequence {name!r}; pass a resolution to resize both")
     return OfficialSequence(name=name, frames=tuple(frames), flows=flows, amodal=amodal,
-                            modal=compose_modal(amodal), rgb=rgb)
+                            modal=ground_truth_modal(amodal), rgb=rgb)

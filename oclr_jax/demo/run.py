@@ -144,7 +144,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     import jax
     import jax.numpy as jnp
 
-    from oclr_jax.compose import compose_modal, front_to_back
+    from oclr_jax.compose import compose_modal_front_to_back, front_to_back
     from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
 
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
@@ -161,7 +161,7 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     amodal = upsample_layers(probs, size)  # (N, H, W, K) bool
     layers_front_to_back = np.asarray(front_to_back(jnp.asarray(order_logits)))
     # Each frame with its own window's order: frames as the batch axis, T = 1.
-    modal = np.asarray(compose_modal(amodal[:, None], layers_front_to_back))[:, 0]
+    modal = np.asarray(compose_modal_front_to_back(amodal[:, None], layers_front_to_back))[:, 0]
     return Prediction(amodal, modal, layers_front_to_back, order_logits)
 
 

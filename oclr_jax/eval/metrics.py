@@ -294,13 +294,6 @@ def merged_foreground(labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) != 0
 
 
-def modal_from_amodal(amodal: np.ndarray) -> np.ndarray:
-    """Visible masks of amodal layers whose HIGHER channel is in front.  (..., K) bool."""
-    amodal = np.asarray(amodal, bool)
-    in_front = np.cumsum(amodal[..., ::-1], axis=-1)[..., ::-1] - amodal  # layers above k.
-    return amodal & (in_front == 0)
-
-
 # ----------------------------------------------------------------------------- MoCA
 
 def moca_box_from_mask(mask: np.ndarray, frame_size: Optional[Sequence[int]] = None):

@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from oclr_jax.eval import metrics
+from oclr_jax.compose import ground_truth_modal
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord
+from oclr_jax.eval import metrics
 
 VOID_ID = 255
 
@@ -58,7 +59,7 @@ def ground_truth_layers(record: SequenceRecord, annotation_rows: Sequence[int]
             if num_objects(record) else np.zeros((len(rows), 0, *labels.shape[1:]), bool)
         return gt, (void if void.any() else None)
     if record.amodal is not None:
-        modal = metrics.modal_from_amodal(record.amodal[rows])  # (N, H, W, O)
+        modal = ground_truth_modal(record.amodal[rows])  # (N, H, W, O)
         return np.moveaxis(modal, -1, 1), None
     size = record.annotation_size
     boxes = [metrics.box_to_mask(record.boxes[r], size) for r in rows]
@@ -190,7 +191,7 @@ def score_sequence(record: SequenceRecord, labels: np.ndarray,
         row["success_counts"] = counts.tolist()
     elif dataset == "synval":
         gt_amodal = np.moveaxis(record.amodal, -1, 1)  # (T, O, H, W)
-        gt_modal = np.moveaxis(metrics.modal_from_amodal(record.amodal), -1, 1)
+        gt_modal = np.moveaxis(ground_truth_modal(record.amodal), -1, 1)
         pred = np.moveaxis(metrics.labels_to_layers(labels, num_layers), 0, 1)  # (T, P, H, W)
         row["J_modal"] = float(metrics.window_hungarian_iou(pred, gt_modal).mean())
         if amodal is not None:

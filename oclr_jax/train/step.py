@@ -211,7 +211,7 @@ def make_eval_step(model, config, mesh: Mesh,
         per_sample_loss = jax.vmap(sample_loss)(amodal_logits, order_logits, batch["amodal"])
         amodal_j, _ = matching.hungarian_iou(jax.nn.sigmoid(amodal_logits), gt_amodal)
         modal_pred = compose.hard_modal_masks(amodal_logits, order_logits).astype(jnp.float32)
-        modal_j, _ = matching.hungarian_iou(modal_pred, losses.ground_truth_modal(gt_amodal))
+        modal_j, _ = matching.hungarian_iou(modal_pred, compose.ground_truth_modal(gt_amodal))
         return {
             "loss": jnp.sum(weight * per_sample_loss),
             "amodal_j": jnp.sum(weight * jnp.mean(amodal_j, axis=1)),
