@@ -20,12 +20,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 import numpy as np
 
+from oclr_jax import model as model_lib
 from oclr_jax.atomic import staged_directory
 from oclr_jax.config import paper
+from oclr_jax.config.model import ModelConfig
 from oclr_jax.errors import UserError
-from oclr_jax.model import OCLR, model_from_config
+from oclr_jax.model import OCLR, build_model
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -36,22 +39,14 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, incomplete or does not fit the model its config describes."""
 
 
-def in_channels_of(config: ml_collections.ConfigDict) -> int:
-    """Input channels of the model: two (u, v) per flow gap."""
-    return 2 * len(config.data.gaps)
-
-
 def model_for(config: ml_collections.ConfigDict) -> OCLR:
-    return model_from_config(config.model, in_channels=in_channels_of(config))
+    """The network `config` describes (its model section and flow gaps)."""
+    return build_model(ModelConfig.from_config(config))
 
 
 def abstract_params(config: ml_collections.ConfigDict) -> Any:
     """The params tree's shapes/dtypes for `config`, without allocating or compiling."""
-    model = model_for(config)
-    flow = jax.ShapeDtypeStruct((1, 1, 16, 16, in_channels_of(config)), jnp.float32)
-    variables = jax.eval_shape(lambda key, x: model.init({"params": key}, x),
-                               jax.random.PRNGKey(0), flow)
-    return variables["params"]
+    return model_lib.abstract_params(model_for(config))
 
 
 def _config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -103,9 +98,8 @@ def check_params_match(params: Any, config: ml_collections.ConfigDict, source: s
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
-            for path, leaf in flat}
+    return {name: tuple(np.shape(leaf))
+            for name, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def is_torch_checkpoint(path: str) -> bool:
@@ -157,7 +151,7 @@ def load_checkpoint(path: str, model_source: str = "auto"):
     return model_for(config), params, config
 
 
-def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
+def config_from_inferred(inferred: ModelConfig) -> ml_collections.ConfigDict:
     """The paper config with the model sizes the port inferred from a state_dict.
 
     Input channels fix only the number of gaps: 2 channels -> (+1,), 4 -> (+1, -1) as the
@@ -165,10 +159,8 @@ def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
     `--config.data.gaps` where a command accepts it).
     """
     config = paper.get_config()
-    for key in ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim"):
-        if inferred.get(key) is not None:
-            config.model[key] = int(inferred[key])
-    in_channels = int(inferred.get("in_channels", 4))
+    inferred.write_sizes(config)
+    in_channels = inferred.in_channels
     if in_channels % 2:
         raise CheckpointError(f"a flow model needs an even number of input channels; the "
                               f"checkpoint has {in_channels}")
@@ -184,6 +176,6 @@ def _load_torch(path: str):
     from oclr_jax.port.torch_io import load_torch_checkpoint_file
 
     state_dict, _ = load_torch_checkpoint_file(path)
-    params, inferred = torch_state_dict_to_flax(state_dict)
-    config = config_from_inferred(inferred)
+    params, model_config = torch_state_dict_to_flax(state_dict)
+    config = config_from_inferred(model_config)
     return model_for(config), jax.tree_util.tree_map(jnp.asarray, params), config

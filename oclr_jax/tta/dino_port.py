@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from oclr_jax.errors import UserError
 from oclr_jax.tta.vit import VisionTransformer, vit_param_shapes
@@ -79,26 +80,6 @@ def _to_flax_layout(array: np.ndarray, kind: str) -> np.ndarray:
     return array.T if kind == "dense" else array
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _as_numpy(value) -> np.ndarray | None:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu()
@@ -145,7 +126,7 @@ def _report(source: str, model: VisionTransformer, missing, unexpected, mismatch
 def state_dict_to_flax(state_dict: Mapping, model: VisionTransformer,
                        source: str = "state_dict") -> dict:
     """Flax params of `model` from a DINO backbone state_dict (validated against the table)."""
-    flat_target = _flatten(vit_param_shapes(model))
+    flat_target = traverse_util.flatten_dict(vit_param_shapes(model))
     names = {torch_name(path): path for path in flat_target}
     missing = sorted(name for name in names if name not in state_dict)
     unexpected = sorted(name for name in state_dict
@@ -167,7 +148,7 @@ def state_dict_to_flax(state_dict: Mapping, model: VisionTransformer,
             flat[path] = np.ascontiguousarray(_to_flax_layout(array, kind), np.float32)
     if missing or unexpected or mismatched or invalid:
         _report(source, model, missing, unexpected, mismatched, invalid)
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
@@ -176,7 +157,7 @@ def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
     return {torch_name(path): np.array(
                 _to_torch_layout(np.asarray(value, np.float32), _kind(path, np.ndim(value))),
                 np.float32, order="C")
-            for path, value in _flatten(params).items()}
+            for path, value in traverse_util.flatten_dict(params).items()}
 
 
 def read_torch_checkpoint(path: str, allow_pickle: bool = False) -> Mapping:
