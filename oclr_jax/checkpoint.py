@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import orbax.checkpoint as ocp
 from flax import traverse_util
 import numpy as np
 
@@ -64,9 +65,12 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDict,
                     overwrite: bool = False) -> str:
-    """Writes params and config to `directory` atomically.  Returns the absolute path."""
-    import orbax.checkpoint as ocp  # Local: orbax pulls in a lot; only savers need it.
+    """Writes params and config to `directory` atomically.  Returns the absolute path.
 
+    Only the calling process writes, also in a multi-process job (the trainer exports from
+    process 0 alone): its orbax checkpointer is told that it is the only active process, so it
+    waits at no barrier for the others.
+    """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
@@ -75,7 +79,10 @@ def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDi
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             f.write(_config_to_json(config))
         host_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-        checkpointer = ocp.StandardCheckpointer()
+        this_process = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()},
+            barrier_sync_key_prefix="oclr_export")
+        checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process)
         checkpointer.save(os.path.join(staging, PARAMS_DIR), host_params)
         checkpointer.wait_until_finished()
     return directory
@@ -134,8 +141,6 @@ def load_checkpoint(path: str, model_source: str = "auto"):
         raise CheckpointError(f"{path}: checkpoint does not exist")
     if reads_as_torch(path, model_source):
         return _load_torch(path)
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(resolve_checkpoint_dir(path))
     with open(os.path.join(directory, CONFIG_FILE)) as f:
         config = config_from_json(f.read())

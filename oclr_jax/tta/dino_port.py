@@ -20,15 +20,14 @@ unexpected, mismatched or non-finite tensor.  torch is imported only to read or 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
 from flax import traverse_util
 
 from oclr_jax.errors import UserError
+from oclr_jax.port import torch_io
 from oclr_jax.tta.vit import VisionTransformer, vit_param_shapes
 
 IGNORED_PREFIXES = ("head.",)  # DINO's projection head in training checkpoints
@@ -162,20 +161,11 @@ def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
 
 def read_torch_checkpoint(path: str, allow_pickle: bool = False) -> Mapping:
     """`torch.load` on CPU; only tensors and containers unless `allow_pickle` (trusted files)."""
-    if not os.path.isfile(path):
-        raise DinoCheckpointError(f"{path}: DINO checkpoint not found")
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-        raise ImportError("reading a .pth DINO checkpoint needs torch: "
-                          "pip install torch==2.13.0 (the optional [torch] extra)") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as error:  # torch raises several types for corrupt or pickled files
-        hint = ("" if allow_pickle else "; a DINO training checkpoint (with 'args') needs "
-                "allow_pickle=True, only for files you trust")
-        raise DinoCheckpointError(f"{path}: cannot read as a PyTorch checkpoint: "
-                                  f"{type(error).__name__}: {error}{hint}") from error
+    return torch_io.torch_load(
+        path, allow_pickle, error_type=DinoCheckpointError, missing="DINO checkpoint not found",
+        unreadable="cannot read as a PyTorch checkpoint",
+        pickle_hint=" A DINO training checkpoint (with 'args') needs allow_pickle=True, only "
+                    "for files you trust.")
 
 
 def load_dino_params(path: str, model: VisionTransformer, checkpoint_key: str | None = "teacher",
@@ -186,18 +176,5 @@ def load_dino_params(path: str, model: VisionTransformer, checkpoint_key: str | 
 
 
 def save_dino_state_dict(path: str, params: Mapping) -> None:
-    """Writes Flax params as a DINO `.pth` state_dict (atomically: temp file + rename)."""
-    import torch  # pylint: disable=import-outside-toplevel
-
-    state_dict = {name: torch.from_numpy(array) for name, array in
-                  flax_to_state_dict(params).items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, suffix=".pth.tmp")
-    os.close(handle)
-    try:
-        torch.save(state_dict, temp_path)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    """Writes Flax params as a DINO `.pth` state_dict (atomically)."""
+    torch_io.save_torch_state_dict(flax_to_state_dict(params), path, wrap=False)

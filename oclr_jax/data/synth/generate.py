@@ -19,6 +19,7 @@ import traceback
 
 from tqdm import tqdm
 
+from oclr_jax.atomic import atomic_write_text
 from oclr_jax.data.synth.plan import SPLITS, spec_for_index
 from oclr_jax.data.synth.render import GENERATOR_VERSION, render_sequence
 from oclr_jax.data.synth.scene import RenderOptions
@@ -84,11 +85,7 @@ def check_manifest(out_dir: str, expected: dict) -> None:
                              f"found {json.dumps({k: found.get(k) for k in keys})}, now "
                              f"{json.dumps({k: expected.get(k) for k in keys})}; use another --out")
         return
-    os.makedirs(out_dir, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w") as f:
-        json.dump(expected, f, indent=1, sort_keys=True)
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(expected, indent=1, sort_keys=True))
 
 
 def _run(job: _Job, writer: SequenceWriter, index: int) -> str:
