@@ -19,7 +19,8 @@ from oclr_jax.data.synth import (RenderOptions, SequenceGenerationError, Sequenc
                                  read_sequence, render_sequence, write_sequence)
 from oclr_jax.data.synth.__main__ import main
 from oclr_jax.data.synth.png import encode_rows, unfiltered_rows
-from oclr_jax.data.synth.writer import (SequenceWriter, davis_palette, remove_stale_staging,
+from oclr_jax.data.masks_io import davis_palette
+from oclr_jax.data.synth.writer import (SequenceWriter, remove_stale_staging,
                                         staging_name)
 
 TINY = RenderOptions(resolution=(32, 48), frames=3)
