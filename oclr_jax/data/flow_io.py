@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from oclr_jax.atomic import atomic_write_bytes
@@ -74,8 +75,6 @@ def read_npy_flow(path: str, allow_nonfinite: bool = False) -> np.ndarray:
 
 def read_kitti_png_flow(path: str, allow_nonfinite: bool = False) -> np.ndarray:
     """Reads a 16-bit KITTI-style flow PNG; invalid pixels (third channel 0) become 0 flow."""
-    import cv2  # Local: cv2 is only needed for PNG flow.
-
     raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise FlowFileError(f"{path}: cannot decode PNG flow")
@@ -123,8 +122,6 @@ def write_flo(path: str, flow: np.ndarray) -> None:
 
 def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
     """Writes a 16-bit KITTI-style flow PNG atomically (precision 1/64 px, range ±512 px)."""
-    import cv2
-
     flow = np.asarray(flow, np.float32)
     encoded = np.clip(np.round(flow * _KITTI_SCALE + _KITTI_OFFSET), 0, 65535).astype(np.uint16)
     bgr = np.stack([np.ones(flow.shape[:2], np.uint16), encoded[..., 1], encoded[..., 0]], -1)

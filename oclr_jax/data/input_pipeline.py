@@ -25,21 +25,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from oclr_jax.data import augment as augment_lib
+from oclr_jax.data import flow_codec, official_layout
+from oclr_jax.data.tf_devices import hide_accelerators_from_tf
+from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
 OUTPUT_KEYS = ("flow", "amodal", "num_objects")
-
-
-def hide_accelerators_from_tf() -> None:
-    """Makes GPUs/TPUs invisible to TensorFlow so it never takes accelerator memory from JAX."""
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            # RuntimeError: devices already initialised (then they stayed hidden if this ran
-            # first); ValueError: no such device type in this build.
-            pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +87,6 @@ def _numpy_loader(read: Callable[[int], tuple], num_flow_channels: int,
 
 def open_tfds_source(name: str, data_dir: str | None, split: str) -> ExampleSource:
     """A tfds `oclr_synthetic` dataset (ArrayRecord files) as a random-access source."""
-    import tensorflow_datasets as tfds
-
-    from oclr_jax.data import flow_codec
-    from oclr_jax.data.tfds import synthetic as tfds_synthetic
-
     builder = tfds.builder(name, data_dir=data_dir or None)
     splits = list(builder.info.splits)
     if not split:
@@ -132,7 +120,6 @@ def open_tfds_source(name: str, data_dir: str | None, split: str) -> ExampleSour
 
 def open_folder_source(root: str, gaps: Sequence[int], resolution: Sequence[int]) -> ExampleSource:
     """An official-layout folder as a random-access source (read at `resolution`)."""
-    from oclr_jax.data import official_layout
 
     names = official_layout.list_sequences(root)
     gaps = gaps_with_opposites(gaps)
@@ -158,8 +145,6 @@ def open_train_source(config) -> ExampleSource:
     hide_accelerators_from_tf()
     data = config.data
     if data.get("tfds_name"):
-        from oclr_jax.data.tfds import synthetic as tfds_synthetic
-
         unsupported = [g for g in data.gaps if int(g) not in tfds_synthetic.FLOW_GAPS]
         if unsupported:
             raise ValueError(f"data.gaps {tuple(data.gaps)}: {data.tfds_name} stores gaps "

@@ -121,7 +121,7 @@ def _complete_only(root: str, names: list[str]) -> list[str]:
     if len(complete) < len(names):
         warnings.warn(f"{root}: leaving out {len(names) - len(complete)} incomplete sequences "
                       f"(no {METADATA_DIR}/<seq>.json), e.g. "
-                      f"{sorted(set(names) - set(complete))[0]!r}")
+                      f"{sorted(set(names) - set(complete))[0]!r}", stacklevel=2)
     return complete
 
 

@@ -12,9 +12,13 @@ import html
 import json
 import os
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from oclr_jax.atomic import staged_directory
+from oclr_jax.data.flow_viz import flow_to_rgb
+from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
 
 LAYER_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
                           [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
@@ -28,8 +32,6 @@ def colour(index: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size, nearest: bool = False) -> np.ndarray:
-    import cv2
-
     height, width = size
     if image.shape[:2] == (height, width):
         return image
@@ -39,8 +41,6 @@ def resize(image: np.ndarray, size, nearest: bool = False) -> np.ndarray:
 
 def label(tile: np.ndarray, text: str) -> np.ndarray:
     """Writes `text` at the top-left with a dark outline so it reads on any background."""
-    import cv2
-
     tile = np.ascontiguousarray(tile)
     for thickness, ink in ((3, (0, 0, 0)), (1, (255, 255, 255))):
         cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, ink, thickness,
@@ -67,8 +67,6 @@ def amodal_tile(rgb: np.ndarray, amodal: np.ndarray, modal: np.ndarray, k: int) 
 
 def score_tile(size, scores) -> np.ndarray:
     """A dark tile listing J per ground-truth object (or nothing without scores)."""
-    import cv2
-
     tile = np.zeros((*size, 3), np.uint8)
     if scores is None:
         return tile
@@ -113,8 +111,6 @@ def panel(rgb, flow_rgb, amodal, modal, front_to_back, gt=None, scores=None) -> 
 
 
 def write_mp4(path: str, frames: list, fps: float) -> None:
-    import cv2
-
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
@@ -125,8 +121,6 @@ def write_mp4(path: str, frames: list, fps: float) -> None:
 
 
 def write_gif(path: str, frames: list, fps: float) -> None:
-    from PIL import Image
-
     width = frames[0].shape[1]
     scale = min(1.0, MAX_GIF_WIDTH / width)
     size = (int(frames[0].shape[0] * scale), int(width * scale))
@@ -167,9 +161,6 @@ DAVIS palette) and <code>amodal/</code></p>
 
 def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dict:
     """Writes every output of the demo to `out_dir` (replaced atomically).  Returns the summary."""
-    from oclr_jax.data.flow_viz import flow_to_rgb
-    from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
-
     out_dir = os.path.abspath(out_dir)
     with staged_directory(out_dir) as staging:
         num_frames = len(clip.rgb)
@@ -189,7 +180,6 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str) -> dic
                                  prediction.amodal[t, ..., k])
         write_mp4(os.path.join(staging, "demo.mp4"), panels, clip.fps)
         write_gif(os.path.join(staging, "demo.gif"), panels, clip.fps)
-        from PIL import Image
         Image.fromarray(panels[num_frames // 2]).save(os.path.join(staging, "preview.png"))
         summary = {"out": out_dir, "clip": clip.name, "frames": num_frames,
                    "checkpoint": checkpoint, "scores": scores,

@@ -15,12 +15,23 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional
 
+import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
+from oclr_jax.checkpoint import CheckpointError, load_checkpoint
+from oclr_jax.compose import compose_modal_front_to_back, front_to_back
+from oclr_jax.data.synth import RenderOptions, plan_split, render_sequence
+from oclr_jax.data.synth.backgrounds import estimate_flows
+from oclr_jax.demo.report import write_report
 from oclr_jax.errors import UserError
+from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
+from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
+from oclr_jax.resample import resize_flow
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "assets", "demo_checkpoint")
@@ -65,8 +76,6 @@ def stack_gaps(flow_fwd: np.ndarray, flow_bwd: np.ndarray, gaps) -> np.ndarray:
 
 def synthetic_clip(config, seed: int, index: int, frames: int) -> Clip:
     """A Syn-Val-style sequence from our generator at the model resolution."""
-    from oclr_jax.data.synth import RenderOptions, plan_split, render_sequence
-
     spec = plan_split("syn_val", num_sequences=index + 1, seed=seed)[index]
     options = RenderOptions(resolution=tuple(config.data.resolution), frames=frames)
     seq = render_sequence(spec, options)
@@ -76,8 +85,6 @@ def synthetic_clip(config, seed: int, index: int, frames: int) -> Clip:
 
 def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
     """RGB frames (N, H, W, 3) uint8 and the frame rate; clear errors for unusable files."""
-    import cv2
-
     if not os.path.isfile(path):
         raise DemoError(f"{path}: video file does not exist")
     capture = cv2.VideoCapture(path)
@@ -102,11 +109,6 @@ def video_clip(path: str, config, max_frames: int, flow_height: int) -> Clip:
     DIS is computed at `flow_height` rows (the aspect kept) and the field is then resized with
     its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
     """
-    import cv2
-
-    from oclr_jax.data.synth.backgrounds import estimate_flows
-    from oclr_jax.resample import resize_flow
-
     rgb, fps = read_video(path, max_frames)
     height, width = rgb.shape[1:3]
     scale = min(1.0, flow_height / height)
@@ -141,12 +143,6 @@ class Prediction:
 def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=None) -> Prediction:
     """Runs the model on windows of `window` frames (the official cutting rule) and upsamples
     the sigmoid masks to `size` (H, W) before thresholding, as the evaluation does."""
-    import jax
-    import jax.numpy as jnp
-
-    from oclr_jax.compose import compose_modal_front_to_back, front_to_back
-    from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
-
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     windows = cut_windows(len(flow), window)
     probs, orders = [], []
@@ -167,8 +163,6 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
 
 def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     """J per ground-truth object for modal and amodal masks, layers matched by modal IoU."""
-    from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
-
     to_tk = lambda m: np.moveaxis(m, -1, 1)  # (N, H, W, K) -> (N, K, H, W)
     object_of_layer = match_layers_to_objects(to_tk(prediction.modal), to_tk(clip.gt_modal))
     modal_iou = iou_matrix(to_tk(prediction.modal), to_tk(clip.gt_modal)).mean(0)  # (O, K)
@@ -208,11 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from tqdm import tqdm
-
-    from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.demo.report import write_report
-
     if not os.path.exists(args.checkpoint):
         raise DemoError(f"{args.checkpoint}: checkpoint not found")
     try:

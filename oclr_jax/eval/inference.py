@@ -21,9 +21,11 @@ import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+import jax
 import numpy as np
 
-from oclr_jax import resample
+from oclr_jax import resample, sharding
+from oclr_jax.compose import hard_modal_masks
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import SequenceRecord
 from oclr_jax.errors import UserError
@@ -152,11 +154,6 @@ class WindowPredictor:
 
     def __init__(self, predict_fn: Callable[..., dict], batch_size: int, params: Any = None,
                  threshold: float = 0.5, with_amodal: bool = False, devices=None):
-        import jax
-
-        from oclr_jax import sharding
-        from oclr_jax.compose import hard_modal_masks
-
         # Each process evaluates on its own devices: windows are independent.
         devices = list(devices or jax.local_devices())
         self.batch_size = -(-max(1, batch_size) // len(devices)) * len(devices)
@@ -184,8 +181,6 @@ class WindowPredictor:
 
         Label k+1 marks the visible pixels of layer k; probs is (N, T, H, W, K) float32.
         """
-        import jax
-
         count = flows.shape[0]
         if count > self.batch_size:
             raise ValueError(f"{count} windows exceed the batch size {self.batch_size}")
