@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from oclr_jax.config.model import ModelConfig
-from oclr_jax.modules.initializers import uniform_fan_in
 from oclr_jax.modules.transformer import DecoderLayer, EncoderLayer, TransformerStack, dense
 from oclr_jax.modules.unet import UNetDecoder, UNetEncoder
 
@@ -36,7 +35,7 @@ def linspace_grid(sizes: Sequence[int]) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
 
 
-def same_frame_allowed(num_frames: int, tokens_per_frame: int) -> jnp.ndarray:
+def other_frames_allowed(num_frames: int, tokens_per_frame: int) -> jnp.ndarray:
     """(L, L) bool with L = T*h*w: True where query and key tokens lie in DIFFERENT frames.
 
     The official encoder blocks attention within a frame (its mask is 1 where frames are equal).
@@ -93,7 +92,7 @@ class SpaceTimeTransformerEncoder(nn.Module):
         """(B, T, h, w, c) -> (B, T, h, w, c)."""
         b, t, h, w, c = bottleneck.shape
         tokens = SpaceTimeEmbed(name="encoder_positime")(bottleneck).reshape(b, t * h * w, c)
-        allowed = same_frame_allowed(t, h * w) if self.same_frame_mask else None
+        allowed = other_frames_allowed(t, h * w) if self.same_frame_mask else None
         tokens = TransformerStack(EncoderLayer, self.num_layers, self.num_heads, self.ff_dim,
                                   self.dropout_rate, self.deterministic, self.dtype, self.remat,
                                   name="transformer_encoder")(tokens, allowed)
