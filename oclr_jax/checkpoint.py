@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
-import numpy as np
 
 from oclr_jax import model as model_lib
 from oclr_jax.atomic import staged_directory

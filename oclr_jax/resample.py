@@ -5,16 +5,21 @@ same "nearest" or "bilinear" differently, and the official code uses all three. 
 below reproduces one reference exactly and is tested against it on awkward sizes
 (`tests/test_resample.py`):
 
-| rule | reference | used for |
-| --- | --- | --- |
-| `torch_nearest_indices` | `torch.nn.functional.interpolate(mode="nearest")` | GT masks to the logits' size in the losses and the matcher; `eval.upsample="nearest"` |
-| `pil_nearest_indices` | `PIL.Image.resize(..., Image.NEAREST)` | test-time adaptation: masks to the patch grid and back (the official DINO code uses PIL) |
-| `bilinear` | `cv2.resize(..., interpolation=cv2.INTER_LINEAR)` | flow (`resize_flow`), predicted masks (`eval.upsample="bilinear"`), RGB frames for the ViT |
-| `resize_flow` | `bilinear`, vectors scaled to the new grid | every flow read at another size than it was stored |
-| `opencv_nearest` | `cv2.resize(..., interpolation=cv2.INTER_NEAREST)` | label maps: official-layout `Annotations/`, evaluation overlays |
-| `upsample_linear` | `torch` bilinear, `align_corners=False` (on device) | TTA: soft labels from the patch grid to pixels |
+- `torch_nearest_indices`: torch `F.interpolate(mode="nearest")`.  GT masks to the logits'
+  size in the losses and the matcher; `eval.upsample="nearest"`.
+- `pil_nearest_indices`: PIL `Image.resize(..., Image.NEAREST)`.  Test-time adaptation: masks
+  to the patch grid and back (the official DINO code uses PIL).
+- `bilinear`: OpenCV `cv2.resize(..., interpolation=cv2.INTER_LINEAR)`.  Flow (`resize_flow`),
+  predicted masks (`eval.upsample="bilinear"`), official-layout masks and RGB frames.
+- `resize_flow`: `bilinear` with the vectors scaled to the new grid; every flow read at
+  another size than it was stored.
+- `opencv_nearest`: OpenCV `INTER_NEAREST`.  Label maps (official-layout `Annotations/`,
+  evaluation overlays).
+- `upsample_linear`: torch bilinear, `align_corners=False`, on device.  TTA: soft labels from
+  the patch grid to pixels.
 
-The tf.data input pipeline resizes with `tf.image.resize(method="bilinear")`, which follows
+Display-only resizes that change no score (demo thumbnails and video frames, `INTER_AREA`)
+stay where they are drawn.  The tf.data input pipeline resizes with `tf.image.resize(method="bilinear")`, which follows
 the same half-pixel-centre formula as `bilinear` (tested equal on float32).
 """
 

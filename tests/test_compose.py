@@ -6,8 +6,13 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
-from oclr_jax.compose import (compose_modal_back_to_front, compose_modal_front_to_back,
-                              front_to_back, ground_truth_modal, hard_modal_masks)
+from oclr_jax.compose import (
+    compose_modal_back_to_front,
+    compose_modal_front_to_back,
+    front_to_back,
+    ground_truth_modal,
+    hard_modal_masks,
+)
 
 
 def _loop_compose(amodal, order_values):
@@ -76,8 +81,8 @@ def test_every_caller_of_the_ground_truth_rule_agrees(tmp_path):
     """numpy bool, jax float under jit, the fixed back-to-front order the loss mixes, the
     train step's Syn-Val modal J, the official-layout reader and the Syn-Val scorer."""
     import jax
-
     import official_fixtures as fx
+
     from oclr_jax.data import benchmarks, official_layout
     from oclr_jax.eval import scoring
 

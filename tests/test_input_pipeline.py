@@ -4,14 +4,13 @@ augmentation consistency, bad records, and the global jax.Array batch."""
 import os
 
 import numpy as np
+import official_fixtures as fx
 import pytest
 import tensorflow as tf
 
-import official_fixtures as fx
 from oclr_jax.compose import ground_truth_modal
 from oclr_jax.config import loading as config_lib
-from oclr_jax.data import augment
-from oclr_jax.data import flow_io
+from oclr_jax.data import augment, flow_io
 from oclr_jax.data import input_pipeline as ip
 from oclr_jax.data.tfds import synthetic as ts
 

@@ -7,10 +7,9 @@ import shutil
 import subprocess
 import sys
 
+import eval_fakes as ef
 import numpy as np
 import pytest
-
-import eval_fakes as ef
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.slow, pytest.mark.torch]

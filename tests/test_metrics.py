@@ -4,9 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from eval_fakes import ref_boundary, ref_f, ref_iou
 
 from oclr_jax.eval import metrics
-from eval_fakes import ref_boundary, ref_f, ref_iou
 
 
 def square(h, w, y0, x0, size, sw=None):

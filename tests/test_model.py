@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from oclr_jax.model import (OCLR, check_input_shape, init_key, init_params, linspace_grid,
-                            other_frames_allowed)
+from oclr_jax.model import OCLR, check_input_shape, init_key, init_params, linspace_grid, other_frames_allowed
 from oclr_jax.modules.transformer import MultiHeadAttention, Norm
 from oclr_jax.modules.unet import instance_norm, max_pool_2x2
 

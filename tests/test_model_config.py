@@ -6,7 +6,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from oclr_jax import checkpoint, model as model_lib
+from oclr_jax import checkpoint
+from oclr_jax import model as model_lib
 from oclr_jax.config import paper
 from oclr_jax.config.loading import load_config
 from oclr_jax.config.model import SIZE_FIELDS, ModelConfig

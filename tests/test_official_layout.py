@@ -3,11 +3,11 @@
 import os
 
 import numpy as np
+import official_fixtures as fx
 import pytest
 
 from oclr_jax.data import flow_io
 from oclr_jax.data import official_layout as ol
-import official_fixtures as fx
 
 
 @pytest.fixture()

@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_port_parity import random_flax_params  # noqa: E402
+
 from oclr_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from oclr_jax.config.loading import load_config  # noqa: E402
 from oclr_jax.config.model import ModelConfig  # noqa: E402
@@ -17,7 +19,6 @@ from oclr_jax.port import convert  # noqa: E402
 from oclr_jax.port.__main__ import main  # noqa: E402
 from oclr_jax.port.torch_io import load_torch_checkpoint_file  # noqa: E402
 from oclr_jax.port.torch_reference import TorchOCLR  # noqa: E402
-from test_port_parity import random_flax_params  # noqa: E402
 
 pytestmark = pytest.mark.torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,11 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_port_convert import official_listing  # noqa: E402
+
 from oclr_jax.config.model import ModelConfig  # noqa: E402
 from oclr_jax.model import build_model  # noqa: E402
 from oclr_jax.port import convert  # noqa: E402
 from oclr_jax.port.torch_reference import AttnMap, MultiHeadAttention, Norm, TorchOCLR  # noqa: E402
-from test_port_convert import official_listing  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ATOL = 1e-4

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from oclr_jax import sharding
+from oclr_jax.model import model_from_config
 from oclr_jax.train import optim
 from oclr_jax.train import step as train_step
 from oclr_jax.train import trainer as train
-from oclr_jax.model import model_from_config
 from tests.train_fakes import FAST_COMPILE, moving_squares_batches, small_config
 
 

@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oclr_jax.tta.finetune import (FinetuneSettings, finetune_last_blocks, learning_rate_schedule,
-                                   make_optimizer, pair_schedule, trainable_labels)
+from oclr_jax.tta.finetune import (
+    FinetuneSettings,
+    finetune_last_blocks,
+    learning_rate_schedule,
+    make_optimizer,
+    pair_schedule,
+    trainable_labels,
+)
 from oclr_jax.tta.loss import trimap
 from oclr_jax.tta.vit import VisionTransformer, init_vit_params
 

@@ -93,9 +93,9 @@ def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False,
 
     from oclr_jax import sharding
     from oclr_jax.config import loading as config_lib
+    from oclr_jax.model import model_from_config
     from oclr_jax.train import optim
     from oclr_jax.train import step as train_step
-    from oclr_jax.model import model_from_config
 
     config_file, batch, frames, height, width = SIZES[size]
     config = config_lib.load_config(os.path.join(REPO, config_file), [
@@ -261,7 +261,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--worker", spec,
                                    "--repeats", str(args.repeats)],
                                   capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             results[spec.replace(":", "_")] = (json.loads(lines[-1][7:]) if lines else
                                                {"error": proc.stderr.strip()[-500:]})
         jax_f32, torch_f32 = results.get(f"jax_{size}_float32"), results.get(f"torch_{size}_float32")

@@ -36,8 +36,7 @@ import numpy as np
 from PIL import Image
 
 from oclr_jax.data import masks_io, official_layout
-from oclr_jax.data.benchmark_sequences import (DAVIS2016_VAL, DAVIS2017_VAL, FBMS59_VAL,
-                                               MOCA_VAL, SEGTRACKV2_VAL)
+from oclr_jax.data.benchmark_sequences import DAVIS2016_VAL, DAVIS2017_VAL, FBMS59_VAL, MOCA_VAL, SEGTRACKV2_VAL
 from oclr_jax.data.flow_io import FLOW_EXTENSIONS
 from oclr_jax.errors import UserError
 

@@ -25,10 +25,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from oclr_jax.eval import inference, scoring
-from oclr_jax.eval import outputs as eval_outputs
 from oclr_jax.config import paper
 from oclr_jax.data.benchmarks import DATASETS, DEFAULT_FLOW_DIR, Benchmark, SequenceRecord
+from oclr_jax.eval import inference, scoring
+from oclr_jax.eval import outputs as eval_outputs
 
 Refine = Callable[[SequenceRecord, np.ndarray], np.ndarray]
 
@@ -43,7 +43,6 @@ def _user_errors() -> tuple[type, ...]:
     from oclr_jax.data.benchmarks import BenchmarkError
     from oclr_jax.data.flow_io import FlowFileError
     from oclr_jax.data.masks_io import MaskFileError
-
     from oclr_jax.tta.dino_port import DinoCheckpointError
 
     errors = [BenchmarkError, ConfigError, FlowFileError, MaskFileError,

@@ -13,8 +13,14 @@ import dataclasses
 import os
 from typing import Optional
 
-from oclr_jax.port.convert import (ModelConfig, PortError, count_parameters, flax_to_torch_state_dict,
-                                   infer_flax_shape, torch_state_dict_to_flax)
+from oclr_jax.port.convert import (
+    ModelConfig,
+    PortError,
+    count_parameters,
+    flax_to_torch_state_dict,
+    infer_flax_shape,
+    torch_state_dict_to_flax,
+)
 
 
 @dataclasses.dataclass

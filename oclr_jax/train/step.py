@@ -24,8 +24,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from oclr_jax import compose, losses, matching, sharding
-from oclr_jax.train import optim
 from oclr_jax.model import init_key, new_params
+from oclr_jax.train import optim
 
 TRAIN_KEYS = ("flow", "amodal")  # what the train step reads from a batch.
 EVAL_KEYS = ("flow", "amodal", "weight")

@@ -42,9 +42,17 @@ from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import optim
 from oclr_jax.train.state_io import checkpoint_manager, restore_latest, save_state
-from oclr_jax.train.step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
-                                 compiler_options_for, init_train_state, make_eval_step,
-                                 make_train_step, select_keys)
+from oclr_jax.train.step import (
+    EVAL_KEYS,
+    TRAIN_KEYS,
+    TrainState,
+    abstract_train_state,
+    compiler_options_for,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    select_keys,
+)
 
 MODEL_DIR = "model"
 # Not config.json: `checkpoint.load_checkpoint` takes a folder holding config.json for a model.

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 
 from oclr_jax.data import flow_io
-from oclr_jax.data.masks_io import davis_palette
 from oclr_jax.data.flow_viz import flow_to_rgb
+from oclr_jax.data.masks_io import davis_palette
 from oclr_jax.data.synth.png import encode_rows, unfiltered_rows
 from oclr_jax.data.synth.render import SyntheticSequence
 
