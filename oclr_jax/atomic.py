@@ -11,23 +11,31 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it onto `path`."""
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """Yields a binary file open on a temporary file beside `path`; renames it onto `path`
+    when the block ends normally, removes it when the block raises."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600.
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to a temporary file beside `path`, then renames it onto `path`."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -21,11 +21,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
+from oclr_jax import model as model_lib
 from oclr_jax.atomic import staged_directory
 from oclr_jax.config import paper
+from oclr_jax.config.model import ModelConfig
 from oclr_jax.errors import UserError
-from oclr_jax.model import OCLR, model_from_config
+from oclr_jax.model import OCLR, build_model
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -36,22 +39,14 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, incomplete or does not fit the model its config describes."""
 
 
-def in_channels_of(config: ml_collections.ConfigDict) -> int:
-    """Input channels of the model: two (u, v) per flow gap."""
-    return 2 * len(config.data.gaps)
-
-
 def model_for(config: ml_collections.ConfigDict) -> OCLR:
-    return model_from_config(config.model, in_channels=in_channels_of(config))
+    """The network `config` describes (its model section and flow gaps)."""
+    return build_model(ModelConfig.from_config(config))
 
 
 def abstract_params(config: ml_collections.ConfigDict) -> Any:
     """The params tree's shapes/dtypes for `config`, without allocating or compiling."""
-    model = model_for(config)
-    flow = jax.ShapeDtypeStruct((1, 1, 16, 16, in_channels_of(config)), jnp.float32)
-    variables = jax.eval_shape(lambda key, x: model.init({"params": key}, x),
-                               jax.random.PRNGKey(0), flow)
-    return variables["params"]
+    return model_lib.abstract_params(model_for(config))
 
 
 def _config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -71,9 +66,12 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDict,
                     overwrite: bool = False) -> str:
-    """Writes params and config to `directory` atomically.  Returns the absolute path."""
-    import orbax.checkpoint as ocp  # Local: orbax pulls in a lot; only savers need it.
+    """Writes params and config to `directory` atomically.  Returns the absolute path.
 
+    Only the calling process writes, also in a multi-process job (the trainer exports from
+    process 0 alone): its orbax checkpointer is told that it is the only active process, so it
+    waits at no barrier for the others.
+    """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
@@ -82,7 +80,10 @@ def save_checkpoint(directory: str, params: Any, config: ml_collections.ConfigDi
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             f.write(_config_to_json(config))
         host_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-        checkpointer = ocp.StandardCheckpointer()
+        this_process = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()},
+            barrier_sync_key_prefix="oclr_export")
+        checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process)
         checkpointer.save(os.path.join(staging, PARAMS_DIR), host_params)
         checkpointer.wait_until_finished()
     return directory
@@ -105,6 +106,7 @@ def check_params_match(params: Any, config: ml_collections.ConfigDict, source: s
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple]:
+    # Any pytree: params, or orbax's metadata tree of a saved checkpoint (not a dict).
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(str(getattr(k, "key", k)) for k in path):
             tuple(getattr(leaf, "shape", None) or np.shape(leaf)) for path, leaf in flat}
@@ -142,8 +144,6 @@ def load_checkpoint(path: str, model_source: str = "auto"):
         raise CheckpointError(f"{path}: checkpoint does not exist")
     if reads_as_torch(path, model_source):
         return _load_torch(path)
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(resolve_checkpoint_dir(path))
     config = read_checkpoint_config(os.path.join(directory, CONFIG_FILE))
     params_dir = os.path.join(directory, PARAMS_DIR)
@@ -199,7 +199,7 @@ def read_checkpoint_config(path: str) -> ml_collections.ConfigDict:
     return config
 
 
-def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
+def config_from_inferred(inferred: ModelConfig) -> ml_collections.ConfigDict:
     """The paper config with the model sizes the port inferred from a state_dict.
 
     Input channels fix only the number of gaps: 2 channels -> (+1,), 4 -> (+1, -1) as the
@@ -207,10 +207,8 @@ def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
     `--config.data.gaps` where a command accepts it).
     """
     config = paper.get_config()
-    for key in ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim"):
-        if inferred.get(key) is not None:
-            config.model[key] = int(inferred[key])
-    in_channels = int(inferred.get("in_channels", 4))
+    inferred.write_sizes(config)
+    in_channels = inferred.in_channels
     if in_channels % 2:
         raise CheckpointError(f"a flow model needs an even number of input channels; the "
                               f"checkpoint has {in_channels}")
@@ -222,15 +220,13 @@ def config_from_inferred(inferred: dict) -> ml_collections.ConfigDict:
 
 
 def _load_torch(path: str):
-    from oclr_jax.port.convert import torch_state_dict_to_flax
+    from oclr_jax.port.convert import PortError, torch_state_dict_to_flax
     from oclr_jax.port.torch_io import load_torch_checkpoint_file
-
-    from oclr_jax.port.convert import PortError
 
     try:  # No advice about a pickle flag: the commands that load models have none.
         state_dict, _ = load_torch_checkpoint_file(path, pickle_hint=None)
-        params, inferred = torch_state_dict_to_flax(state_dict)
+        params, model_config = torch_state_dict_to_flax(state_dict)
     except PortError as e:
         raise CheckpointError(str(e)) from e
-    config = config_from_inferred(inferred)
+    config = config_from_inferred(model_config)
     return model_for(config), jax.tree_util.tree_map(jnp.asarray, params), config

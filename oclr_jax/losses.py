@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oclr_jax.compose import compose_modal_back_to_front, ground_truth_modal
+from oclr_jax.resample import torch_nearest_indices
+
 # torch clamps log(p) at -100.  Below float32's smallest normal number we return -100 directly,
 # so neither a flushed denormal nor 1/p overflows in the backward pass (torch would give log(p)
 # in (-100, -87.3) there; the difference is immaterial).
@@ -53,22 +56,13 @@ def binary_cross_entropy_with_logits(logits: jnp.ndarray, targets: jnp.ndarray) 
     return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source indices of torch `F.interpolate(mode='nearest')`: floor(i * in/out) (float32)."""
-    if in_size == out_size:
-        return np.arange(out_size)
-    scale = np.float32(in_size) / np.float32(out_size)
-    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(index, in_size - 1)
-
-
 def resize_masks_nearest(masks: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
     """(B, T, H, W, K) -> (B, T, h, w, K) by torch's nearest rule; identity when sizes agree."""
     height, width = masks.shape[2:4]
     if (height, width) == tuple(size):
         return masks
-    masks = jnp.take(masks, nearest_indices(height, size[0]), axis=2)
-    return jnp.take(masks, nearest_indices(width, size[1]), axis=3)
+    masks = jnp.take(masks, torch_nearest_indices(height, size[0]), axis=2)
+    return jnp.take(masks, torch_nearest_indices(width, size[1]), axis=3)
 
 
 def _shifted_update(x: jnp.ndarray, source: jnp.ndarray, shift: int, axis: int,
@@ -129,26 +123,6 @@ def boundary_loss(amodal_logits: jnp.ndarray, gt_amodal: jnp.ndarray, width: int
     return jnp.mean(bce) / (jnp.sum(strip) + 1e-12) * strip.size
 
 
-def compose_modal(masks: jnp.ndarray, back_to_front: Sequence[int]) -> jnp.ndarray:
-    """Modal masks from amodal ones for one fixed layer order (official `find_recon_mask`).
-
-    masks (..., K) in [0, 1]; `back_to_front` lists channels from the farthest to the nearest.
-    Each layer keeps what the layers in front of it leave uncovered.
-    """
-    covered = jnp.zeros(masks.shape[:-1], masks.dtype)
-    modal = [None] * masks.shape[-1]
-    for channel in reversed(tuple(back_to_front)):
-        layer = masks[..., channel]
-        modal[channel] = layer * (1.0 - covered)
-        covered = (1.0 - covered) * layer + covered
-    return jnp.stack(modal, axis=-1)
-
-
-def ground_truth_modal(gt_amodal: jnp.ndarray) -> jnp.ndarray:
-    """GT modal masks: channel order is depth order (the higher channel is in front)."""
-    return compose_modal(gt_amodal, range(gt_amodal.shape[-1]))
-
-
 def order_probabilities(order_logits: jnp.ndarray) -> jnp.ndarray:
     """Normalised weight of every back-to-front permutation (itertools order).  (B, K) -> (B, K!).
 
@@ -176,7 +150,7 @@ def soft_modal_masks(amodal_probs: jnp.ndarray, order_logits: jnp.ndarray) -> jn
     mixed = jnp.zeros_like(amodal_probs)
     for index, back_to_front in enumerate(itertools.permutations(range(num_layers))):
         weight = weights[:, index][:, None, None, None, None]
-        mixed = mixed + weight * compose_modal(amodal_probs, back_to_front)
+        mixed = mixed + weight * compose_modal_back_to_front(amodal_probs, back_to_front)
     return clip_like_torch(mixed, 0.0, 1.0)
 
 

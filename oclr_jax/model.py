@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oclr_jax.modules.initializers import uniform_fan_in
+from oclr_jax.config.model import ModelConfig
 from oclr_jax.modules.transformer import DecoderLayer, EncoderLayer, TransformerStack, dense
 from oclr_jax.modules.unet import UNetDecoder, UNetEncoder
 
@@ -35,7 +35,7 @@ def linspace_grid(sizes: Sequence[int]) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
 
 
-def same_frame_allowed(num_frames: int, tokens_per_frame: int) -> jnp.ndarray:
+def other_frames_allowed(num_frames: int, tokens_per_frame: int) -> jnp.ndarray:
     """(L, L) bool with L = T*h*w: True where query and key tokens lie in DIFFERENT frames.
 
     The official encoder blocks attention within a frame (its mask is 1 where frames are equal).
@@ -95,7 +95,7 @@ class SpaceTimeTransformerEncoder(nn.Module):
         """(B, T, h, w, c) -> (B, T, h, w, c)."""
         b, t, h, w, c = bottleneck.shape
         tokens = SpaceTimeEmbed(name="encoder_positime")(bottleneck).reshape(b, t * h * w, c)
-        allowed = same_frame_allowed(t, h * w) if self.same_frame_mask else None
+        allowed = other_frames_allowed(t, h * w) if self.same_frame_mask else None
         tokens = TransformerStack(EncoderLayer, self.num_layers, self.num_heads, self.ff_dim,
                                   self.dropout_rate, self.deterministic, self.dtype, self.remat,
                                   self.attention, self.attention_chunk,
@@ -254,29 +254,50 @@ def check_input_shape(shape: Sequence[int], in_channels: Optional[int] = None) -
                          f"got {channels}")
 
 
-def model_from_config(model_config, in_channels: Optional[int] = None) -> OCLR:
-    """Builds OCLR from a `config.model` ConfigDict (dtype given as 'float32'/'bfloat16')."""
-    dtype = jnp.dtype(model_config.get("dtype", "float32"))
-    return OCLR(num_queries=model_config.num_queries, unet_features=model_config.unet_features,
-                num_layers=model_config.num_layers, num_heads=model_config.num_heads,
-                ff_dim=model_config.ff_dim, dropout_rate=model_config.dropout_rate,
-                same_frame_mask=model_config.same_frame_mask, in_channels=in_channels,
-                dtype=dtype, remat=model_config.get("remat", False),
-                attention=model_config.get("attention", "dense"),
-                attention_chunk=int(model_config.get("attention_chunk", 0)))
+def build_model(model_config: ModelConfig) -> OCLR:
+    """The network a `ModelConfig` describes."""
+    c = model_config
+    return OCLR(num_queries=c.num_queries, unet_features=c.unet_features,
+                num_layers=c.num_layers, num_heads=c.num_heads, ff_dim=c.ff_dim,
+                dropout_rate=c.dropout_rate, same_frame_mask=c.same_frame_mask,
+                in_channels=c.in_channels, dtype=jnp.dtype(c.dtype), remat=c.remat,
+                attention=c.attention, attention_chunk=c.attention_chunk)
 
 
-def init_params(model: OCLR, rng: jax.Array, flow_shape: Sequence[int]) -> dict:
-    """Initialises params for inputs of `flow_shape` (B, T, H, W, C); returns the params tree.
+def model_from_config(model_config, in_channels: int) -> OCLR:
+    """Builds OCLR from a `config.model` ConfigDict and the input channels (2 per flow gap)."""
+    return build_model(ModelConfig.from_sections(model_config, in_channels))
 
-    Params do not depend on B, T, H or W, so a small shape is enough.  The initialisers draw
-    from an `rbg` key derived deterministically from `rng`: XLA on CPU compiles ~130 threefry
-    samplers of this model in minutes, the `rbg` ones in seconds (same values for the same
-    `rng`, on every backend).
+
+def dummy_flow(in_channels: int) -> jnp.ndarray:
+    """The smallest valid input, (1, 1, 16, 16, C): params depend on C only, not B, T, H, W."""
+    return jnp.zeros((1, 1, SIZE_MULTIPLE, SIZE_MULTIPLE, in_channels), jnp.float32)
+
+
+def new_params(model: OCLR, rng: jax.Array) -> dict:
+    """Fresh params (un-jitted: call it inside a jit or `jax.eval_shape`).
+
+    The initialisers draw from an `rbg` key derived deterministically from `rng`: XLA on CPU
+    compiles ~130 threefry samplers of this model in minutes, the `rbg` ones in seconds (same
+    values for the same `rng`, on every backend).
     """
-    flow = jnp.zeros(flow_shape, jnp.float32)
-    return jax.jit(lambda key: model.init({"params": init_key(key)}, flow, train=False))(
-        rng)["params"]
+    if model.in_channels is None:
+        raise ValueError("new_params needs a model built with in_channels")
+    return model.init({"params": init_key(rng)}, dummy_flow(model.in_channels),
+                      train=False)["params"]
+
+
+def abstract_params(model: OCLR) -> dict:
+    """The params tree's shapes and dtypes, without allocating or compiling."""
+    return jax.eval_shape(lambda key: new_params(model, key), jax.random.PRNGKey(0))
+
+
+def init_params(model: OCLR, rng: jax.Array, flow_shape: Optional[Sequence[int]] = None) -> dict:
+    """Fresh params, jitted (see `new_params`); `flow_shape` (B, T, H, W, C) gives the input
+    channels of a model built without them (only C matters)."""
+    if model.in_channels is None:
+        model = model.clone(in_channels=int(flow_shape[-1]))
+    return jax.jit(lambda key: new_params(model, key))(rng)
 
 
 def init_key(rng: jax.Array) -> jax.Array:

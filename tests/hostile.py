@@ -100,7 +100,7 @@ def interrupt(process: subprocess.Popen, signum: int, timeout: float = 60) -> tu
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         _, err = process.communicate()
-        raise AssertionError(f"still running {timeout}s after {signum!r}: {err[-3000:]}")
+        raise AssertionError(f"still running {timeout}s after {signum!r}: {err[-3000:]}") from None
     return process.returncode, err
 
 

@@ -13,6 +13,7 @@ import os
 import cv2
 import numpy as np
 
+from oclr_jax.compose import ground_truth_modal
 from oclr_jax.data import flow_io
 
 
@@ -27,11 +28,7 @@ def moving_squares(num_frames: int, height: int, width: int, num_objects: int, s
         for k in range(num_objects):
             y, x = starts[k] + velocity[k] * t
             amodal[t, max(y, 0):max(y + side, 0), max(x, 0):max(x + side, 0), k] = True
-    modal = np.zeros_like(amodal)
-    claimed = np.zeros(amodal.shape[:-1], bool)
-    for k in range(num_objects - 1, -1, -1):  # Higher channel in front.
-        modal[..., k] = amodal[..., k] & ~claimed
-        claimed |= amodal[..., k]
+    modal = ground_truth_modal(amodal)  # the higher channel in front
     forward = np.zeros((num_frames, height, width, 2), np.float32)
     for k in range(num_objects):
         forward[modal[..., k]] = (velocity[k, 1], velocity[k, 0])  # (u, v) = (dx, dy).

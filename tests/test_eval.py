@@ -8,11 +8,11 @@ import csv
 import json
 import os
 
+import eval_fakes as ef
 import numpy as np
 import pytest
 from PIL import Image
 
-import eval_fakes as ef
 from oclr_jax.eval import runner as oclr_eval
 from oclr_jax.eval.runner import EvalOptions, evaluate
 

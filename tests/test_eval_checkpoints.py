@@ -4,14 +4,14 @@ official-format PyTorch `.pth` through the port, and a checkpoint whose gaps the
 import json
 import os
 
+import eval_fakes as ef
 import jax
 import numpy as np
 import pytest
 
-import eval_fakes as ef
-from oclr_jax.eval import runner as oclr_eval
 from oclr_jax.checkpoint import abstract_params, save_checkpoint
 from oclr_jax.config.loading import load_config
+from oclr_jax.eval import runner as oclr_eval
 
 pytestmark = pytest.mark.slow
 SMALL = dict(unet_features=4, num_layers=1, num_heads=2, ff_dim=32)

@@ -3,14 +3,13 @@
 import os
 
 import cv2
+import eval_fakes as ef
 import numpy as np
 import pytest
 from PIL import Image
 
-import eval_fakes as ef
 from oclr_jax.data import masks_io
 from oclr_jax.data.benchmarks import Benchmark, BenchmarkError, read_moca_csv
-
 
 # ----------------------------------------------------------------------------- masks_io
 

@@ -9,9 +9,8 @@ import os
 import shutil
 import signal
 
-import pytest
-
 import hostile
+import pytest
 
 MODULE = "oclr_jax.data.build_tfds"
 

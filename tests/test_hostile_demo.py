@@ -11,10 +11,9 @@ import shutil
 import signal
 
 import cv2
+import hostile
 import numpy as np
 import pytest
-
-import hostile
 
 MODULE = "oclr_jax.demo"
 

@@ -15,11 +15,11 @@ import shutil
 import signal
 
 import cv2
+import eval_fakes as ef
+import hostile
 import numpy as np
 import pytest
 
-import eval_fakes as ef
-import hostile
 from oclr_jax.data import flow_io, masks_io
 
 MODULE = "oclr_jax.eval"

@@ -5,9 +5,8 @@ import json
 import os
 import shutil
 
-import pytest
-
 import hostile
+import pytest
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

@@ -9,9 +9,8 @@ a rerun then completes with exactly the files of an uninterrupted run.
 import os
 import signal
 
-import pytest
-
 import hostile
+import pytest
 
 MODULE = "oclr_jax.data.synth"
 SMALL = ["--split", "syn_val", "--num-sequences", "40", "--resolution", "64x96", "--frames", "8",

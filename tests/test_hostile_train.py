@@ -9,11 +9,9 @@ uninterrupted run.
 import os
 import re
 import signal
-import time
-
-import pytest
 
 import hostile
+import pytest
 
 MODULE = "oclr_jax.train"
 SMALL = ["--config", "configs/tiny.py", "--config.data.num_frames=2",

@@ -2,14 +2,14 @@
 
 import os
 
+import eval_fakes as ef
 import jax
 import numpy as np
 import pytest
 
-import eval_fakes as ef
-from oclr_jax.eval import inference
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import Benchmark
+from oclr_jax.eval import inference
 
 
 @pytest.mark.parametrize("length, expected", [

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oclr_jax import losses
+from oclr_jax import losses, resample
 
 LOSS_CONFIG = dict(amodal_weight=1.0, boundary_weight=0.2, order_weight=0.05, modal_weight=0.1,
                    boundary_width=3)
@@ -208,8 +208,8 @@ def test_total_loss_weights_and_gt_resize():
 
 def test_nearest_indices_follow_torch_rule():
     # floor(i * in / out) with a float32 scale; e.g. 5 -> 3 takes 0, 1, 3.
-    np.testing.assert_array_equal(losses.nearest_indices(5, 3), [0, 1, 3])
-    np.testing.assert_array_equal(losses.nearest_indices(3, 6), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(resample.torch_nearest_indices(5, 3), [0, 1, 3])
+    np.testing.assert_array_equal(resample.torch_nearest_indices(3, 6), [0, 0, 1, 1, 2, 2])
 
 
 def test_losses_and_gradients_finite_on_saturated_and_nonfinite_outputs():

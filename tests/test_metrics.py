@@ -4,9 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from eval_fakes import ref_boundary, ref_f, ref_iou
 
 from oclr_jax.eval import metrics
-from eval_fakes import ref_boundary, ref_f, ref_iou
 
 
 def square(h, w, y0, x0, size, sw=None):
@@ -236,21 +236,6 @@ def test_davis2016_sequence_drops_first_and_last_frame():
 
 
 # ----------------------------------------------------------------------------- layers
-
-def test_modal_from_amodal_higher_channel_in_front():
-    amodal = np.zeros((4, 4, 3), bool)
-    amodal[:, :3, 0] = True
-    amodal[:2, :, 1] = True
-    amodal[0, 0, 2] = True
-    modal = metrics.modal_from_amodal(amodal)
-    expected = amodal.copy()
-    for k in range(3):  # loop: a pixel belongs to the highest layer covering it
-        for y in range(4):
-            for x in range(4):
-                expected[y, x, k] = amodal[y, x, k] and not amodal[y, x, k + 1:].any()
-    np.testing.assert_array_equal(modal, expected)
-    assert modal.sum(-1).max() == 1
-
 
 def test_labels_to_layers_and_merged_foreground():
     labels = np.array([[[0, 1], [2, 255]]], np.uint8)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from oclr_jax.model import (OCLR, check_input_shape, init_key, init_params, linspace_grid,
-                            same_frame_allowed)
+from oclr_jax.model import OCLR, check_input_shape, init_key, init_params, linspace_grid, other_frames_allowed
 from oclr_jax.modules.transformer import MultiHeadAttention, Norm
 from oclr_jax.modules.unet import instance_norm, max_pool_2x2
 
@@ -107,7 +106,7 @@ def test_size_errors_name_the_multiple():
 def test_same_frame_mask_blocks_own_frame():
     """Frame t's attention output must not depend on frame t's keys/values."""
     frames, tokens_per_frame, width = 3, 4, 8
-    allowed = same_frame_allowed(frames, tokens_per_frame)
+    allowed = other_frames_allowed(frames, tokens_per_frame)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, frames * tokens_per_frame, width))
     attention = MultiHeadAttention(num_heads=2, dropout_rate=0.0)
     params = attention.init(jax.random.PRNGKey(1), x, x, allowed)
@@ -134,8 +133,8 @@ def test_single_frame_attention_is_uniform_like_official():
     """T=1 blocks every score; the official -1e9 fill makes the softmax uniform (mean of values)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 8))
     attention = MultiHeadAttention(num_heads=1, dropout_rate=0.0)
-    params = attention.init(jax.random.PRNGKey(1), x, x, same_frame_allowed(1, 5))
-    out = attention.apply(params, x, x, same_frame_allowed(1, 5))
+    params = attention.init(jax.random.PRNGKey(1), x, x, other_frames_allowed(1, 5))
+    out = attention.apply(params, x, x, other_frames_allowed(1, 5))
     p = params["params"]
     values = x[0] @ p["in_proj_kernel"][:, 16:] + p["in_proj_bias"][16:]
     expected = values.mean(0) @ p["out_proj"]["kernel"] + p["out_proj"]["bias"]

@@ -3,11 +3,11 @@
 import os
 
 import numpy as np
+import official_fixtures as fx
 import pytest
 
 from oclr_jax.data import flow_io
 from oclr_jax.data import official_layout as ol
-import official_fixtures as fx
 
 
 @pytest.fixture()
@@ -41,17 +41,6 @@ def test_round_trip_with_missing_gap_fallback(split):
         stacked = seq.stacked_flow((-1, 1))
         np.testing.assert_array_equal(stacked[..., :2], expected[-1])
         np.testing.assert_array_equal(stacked[..., 2:], expected[1])
-
-
-def test_modal_composition_puts_higher_channel_in_front():
-    amodal = np.zeros((1, 2, 3, 3), bool)
-    amodal[0, :, :, 0] = True          # Object 1 everywhere (back).
-    amodal[0, 0, :2, 1] = True         # Object 2 top-left.
-    amodal[0, 0, 1:, 2] = True         # Object 3 top-right (front).
-    modal = ol.compose_modal(amodal)
-    label = np.array([[2, 3, 3], [1, 1, 1]])  # Visible object per pixel, by hand.
-    for k in range(3):
-        np.testing.assert_array_equal(modal[0, ..., k], label == k + 1)
 
 
 def test_resize_scales_vectors_and_thresholds_masks(tmp_path):

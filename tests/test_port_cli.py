@@ -10,13 +10,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_port_parity import random_flax_params  # noqa: E402
+
 from oclr_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from oclr_jax.config.loading import load_config  # noqa: E402
+from oclr_jax.config.model import ModelConfig  # noqa: E402
 from oclr_jax.port import convert  # noqa: E402
 from oclr_jax.port.__main__ import main  # noqa: E402
 from oclr_jax.port.torch_io import load_torch_checkpoint_file  # noqa: E402
 from oclr_jax.port.torch_reference import TorchOCLR  # noqa: E402
-from test_port_parity import random_flax_params  # noqa: E402
 
 pytestmark = pytest.mark.torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +28,7 @@ SMALL = dict(unet_features=4, num_layers=1, num_heads=2, num_query=2, ff_dim=32)
 def tiny_checkpoint(workdir):
     """An oclr-jax checkpoint as the trainer exports it (workdir/model), tiny config sizes."""
     config = load_config("configs/tiny.py")
-    shape = convert.ModelShape(in_channels=2 * len(config.data.gaps), unet_features=config.model.unet_features,
-                               num_queries=config.model.num_queries, num_layers=config.model.num_layers,
-                               num_heads=config.model.num_heads, ff_dim=config.model.ff_dim)
+    shape = ModelConfig.from_config(config)
     params = random_flax_params(shape, seed=5)
     save_checkpoint(os.path.join(workdir, "model"), params, config)
     return params, config, shape

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from oclr_jax.port import convert
-from oclr_jax.port.convert import ModelShape, PortError
+from oclr_jax.port.convert import ModelConfig, PortError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OTHER = ModelShape(in_channels=2, unet_features=8, num_queries=2, num_layers=2, num_heads=4, ff_dim=128)
+OTHER = ModelConfig(in_channels=2, unet_features=8, num_queries=2, num_layers=2, num_heads=4, ff_dim=128)
 
 
 def official_listing():
@@ -30,24 +30,24 @@ def official_listing():
     return entries
 
 
-def random_state_dict(shape: ModelShape, seed=0):
+def random_state_dict(shape: ModelConfig, seed=0):
     rng = np.random.default_rng(seed)
     return {r.torch_name: rng.normal(size=r.torch_shape).astype(np.float32)
             for r in convert.conversion_table(shape)}
 
 
 def test_table_is_the_official_listing():
-    table = convert.conversion_table(ModelShape())
+    table = convert.conversion_table(ModelConfig())
     assert [(r.torch_name, r.torch_shape) for r in table] == official_listing()
     assert sum(int(np.prod(r.torch_shape)) for r in table) == 20_660_932
 
 
-@pytest.mark.parametrize("shape", [ModelShape(), OTHER], ids=["official", "other"])
+@pytest.mark.parametrize("shape", [ModelConfig(), OTHER], ids=["official", "other"])
 def test_table_matches_initialised_flax_model(shape):
     """Every Flax path and shape in the table is exactly the params tree of the model."""
-    from oclr_jax.model import OCLR
+    from oclr_jax.model import build_model
 
-    model = OCLR(**shape.model_kwargs())
+    model = build_model(shape)
     variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
                                                   jnp.zeros((1, 2, 32, 32, shape.in_channels))))
     tree = {"/".join(k.key for k in path): tuple(leaf.shape)
@@ -97,11 +97,11 @@ def test_up_convolution_kernel_means_torch_conv_transpose():
     np.testing.assert_allclose(np.asarray(out[0]).transpose(2, 0, 1), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [ModelShape(), OTHER], ids=["official", "other"])
+@pytest.mark.parametrize("shape", [ModelConfig(), OTHER], ids=["official", "other"])
 def test_inference_and_bit_exact_round_trip(shape):
     state_dict = random_state_dict(shape)
-    params, kwargs = convert.torch_state_dict_to_flax(state_dict)
-    assert kwargs == shape.model_kwargs()
+    params, inferred = convert.torch_state_dict_to_flax(state_dict)
+    assert inferred == shape
     assert convert.infer_flax_shape(params) == shape
     back = convert.flax_to_torch_state_dict({"params": params})  # the wrapped form is accepted too
     assert list(back) == list(state_dict)
@@ -110,7 +110,7 @@ def test_inference_and_bit_exact_round_trip(shape):
 
 
 def test_heads_come_from_the_attention_map_width():
-    shape = ModelShape(unet_features=4, num_queries=5, num_layers=1, num_heads=2, ff_dim=16)
+    shape = ModelConfig(unet_features=4, num_queries=5, num_layers=1, num_heads=2, ff_dim=16)
     assert convert.infer_torch_shape(random_state_dict(shape)) == shape
 
 
@@ -134,7 +134,7 @@ def test_missing_unexpected_and_mismatched_keys_are_all_listed():
 
 def test_encoder_and_decoder_depths_must_agree():
     state_dict = random_state_dict(OTHER)
-    extra = random_state_dict(ModelShape(**{**OTHER.__dict__, "num_layers": 3}))
+    extra = random_state_dict(ModelConfig(**{**OTHER.__dict__, "num_layers": 3}))
     state_dict.update({k: v for k, v in extra.items() if "transformer_decoder.layers.2." in k})
     with pytest.raises(PortError) as info:
         convert.torch_state_dict_to_flax(state_dict)

@@ -9,10 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from oclr_jax.model import OCLR  # noqa: E402
+from test_port_convert import official_listing  # noqa: E402
+
+from oclr_jax.config.model import ModelConfig  # noqa: E402
+from oclr_jax.model import build_model  # noqa: E402
 from oclr_jax.port import convert  # noqa: E402
 from oclr_jax.port.torch_reference import AttnMap, MultiHeadAttention, Norm, TorchOCLR  # noqa: E402
-from test_port_convert import official_listing  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ATOL = 1e-4
@@ -35,8 +37,8 @@ def torch_outputs(model, flow_nhwc):
     return amodal.permute(0, 1, 3, 4, 2).numpy(), order.numpy()  # (B, T, H, W, K), (B, T, K)
 
 
-def flax_outputs(params, kwargs, flow_nhwc):
-    model = OCLR(**kwargs)
+def flax_outputs(params, model_config, flow_nhwc):
+    model = build_model(model_config)
     out = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, jnp.asarray(flow_nhwc))
     return np.asarray(out["amodal_logits"]), np.asarray(out["order_logits"])
 
@@ -123,17 +125,17 @@ def test_reference_up_convolution_has_no_flip():
 ], ids=["official-64x112", "official-128x224", "other-sizes", "single-frame"])
 def test_from_torch_parity(sizes, flow_shape):
     model = reference_model(**sizes)
-    params, kwargs = convert.torch_state_dict_to_flax(numpy_state_dict(model))
+    params, model_config = convert.torch_state_dict_to_flax(numpy_state_dict(model))
     flow = random_flow(flow_shape)
     amodal_ref, order_ref = torch_outputs(model, flow)
-    amodal, order = flax_outputs(params, kwargs, flow)
-    assert amodal.shape == amodal_ref.shape and order.shape == (flow_shape[0], kwargs["num_queries"])
+    amodal, order = flax_outputs(params, model_config, flow)
+    assert amodal.shape == amodal_ref.shape and order.shape == (flow_shape[0], model_config.num_queries)
     assert np.abs(amodal_ref).max() > 0.1 and np.ptp(order_ref) > 1e-3  # not a trivial output
     np.testing.assert_allclose(amodal, amodal_ref, rtol=0, atol=ATOL)
     np.testing.assert_allclose(np.broadcast_to(order[:, None], order_ref.shape), order_ref, rtol=0, atol=ATOL)
 
 
-def random_flax_params(shape: convert.ModelShape, seed=0):
+def random_flax_params(shape: ModelConfig, seed=0):
     """Random params in our tree, scaled like torch's default init so activations stay O(1)."""
     rng = np.random.default_rng(seed)
     flat = {}
@@ -153,13 +155,13 @@ def random_flax_params(shape: convert.ModelShape, seed=0):
 
 def test_to_torch_parity_with_strict_load():
     sizes = dict(in_channels=2, unet_features=8, num_queries=3, num_layers=2, num_heads=4, ff_dim=128)
-    params = random_flax_params(convert.ModelShape(**sizes), seed=3)
+    params = random_flax_params(ModelConfig(**sizes), seed=3)
     state_dict = convert.flax_to_torch_state_dict(params)
     reference = reference_model(**sizes, seed=1)
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
     flow = random_flow((2, 3, 32, 64, 2), seed=1)
     amodal_ref, order_ref = torch_outputs(reference, flow)
-    amodal, order = flax_outputs(params, sizes, flow)
+    amodal, order = flax_outputs(params, ModelConfig(**sizes), flow)
     np.testing.assert_allclose(amodal, amodal_ref, rtol=0, atol=ATOL)
     np.testing.assert_allclose(order, order_ref[:, 0], rtol=0, atol=ATOL)
 

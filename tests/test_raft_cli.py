@@ -8,13 +8,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from raft_fixtures import moving_frames, write_frames
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import Benchmark
+from oclr_jax.eval.inference import load_window_flow
 from oclr_jax.flow import convert, padding, raft, weights
 from oclr_jax.flow.frames import read_image
-from oclr_jax.eval.inference import load_window_flow
-from raft_fixtures import moving_frames, write_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--iters", "2", "--pairs-per-device", "1", "--no-progress"]

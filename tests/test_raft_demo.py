@@ -7,11 +7,11 @@ import cv2
 import ml_collections
 import numpy as np
 import pytest
+from raft_fixtures import moving_frames
 
 from oclr_jax.demo import run as demo
 from oclr_jax.flow import convert, padding, raft, weights
 from oclr_jax.flow.video import raft_clip_flows
-from raft_fixtures import moving_frames
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from raft_fixtures import moving_frames, numpy_state_dict, random_reference  # noqa: E402
+
 from oclr_jax.flow import convert, corr, padding, raft  # noqa: E402
 from oclr_jax.flow import torch_reference as ref  # noqa: E402
-from raft_fixtures import moving_frames, numpy_state_dict, random_reference  # noqa: E402
 
 pytestmark = pytest.mark.torch
 FLOW_ATOL = 1e-3  # pixels, float32
@@ -112,7 +113,8 @@ def test_convex_upsampling_matches_reference():
 
 
 @pytest.mark.parametrize("size,pads", [((480, 854), (0, 0, 1, 1)), ((132, 140), (2, 2, 2, 2)),
-                                       ((131, 143), (2, 3, 0, 1)), ((133, 131), (1, 2, 2, 3)), ((128, 136), (0, 0, 0, 0))])
+                                       ((131, 143), (2, 3, 0, 1)), ((133, 131), (1, 2, 2, 3)),
+                                        ((128, 136), (0, 0, 0, 0))])
 def test_sintel_padding_is_torch_replicate_split_like_input_padder(size, pads):
     assert padding.sintel_padding(*size) == pads
     image = np.random.default_rng(0).integers(0, 255, (1, 6, 9, 3)).astype(np.float32)

@@ -60,7 +60,8 @@ def test_npz_round_trip_without_torch(tmp_path, flax_variables):
 
 @pytest.mark.parametrize("change,culprit", [
     (lambda sd: sd.pop("update_block.gru.convq2.bias"), "missing keys (1):\n    update_block.gru.convq2.bias"),
-    (lambda sd: sd.__setitem__("fnet.extra.weight", np.zeros(3, np.float32)), "unexpected keys (1):\n    fnet.extra.weight"),
+    (lambda sd: sd.__setitem__("fnet.extra.weight", np.zeros(3, np.float32)),
+     "unexpected keys (1):\n    fnet.extra.weight"),
     (lambda sd: sd.__setitem__("cnet.conv2.weight", np.zeros((256, 128, 3, 3), np.float32)),
      "cnet.conv2.weight: expected (256, 128, 1, 1), found (256, 128, 3, 3)"),
     (lambda sd: sd["cnet.layer2.0.downsample.1.running_var"].__iadd__(1.0),
@@ -79,7 +80,8 @@ def test_bad_state_dict_is_refused_naming_the_key(state_dict, change, culprit):
 
 def test_oclr_state_dict_is_not_a_raft_checkpoint():
     with pytest.raises(PortError, match="not a RAFT checkpoint"):
-        convert.torch_state_dict_to_flax({"encoder.encoder1.conv_block.enc1conv1.weight": np.zeros((32, 4, 3, 3), np.float32)})
+        convert.torch_state_dict_to_flax(
+            {"encoder.encoder1.conv_block.enc1conv1.weight": np.zeros((32, 4, 3, 3), np.float32)})
 
 
 def test_export_refuses_a_misshaped_flax_tree(flax_variables):

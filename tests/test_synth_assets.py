@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from oclr_jax.data.synth import RenderOptions, SequenceSpec, render_sequence
-from oclr_jax.data.synth import assets
+from oclr_jax.data.synth import RenderOptions, SequenceSpec, assets, render_sequence
 
 TINY = RenderOptions(resolution=(32, 48), frames=3)
 RNG = np.random.default_rng(0)

@@ -15,12 +15,19 @@ import pytest
 from PIL import Image
 
 from oclr_jax.data import flow_io
-from oclr_jax.data.synth import (RenderOptions, SequenceGenerationError, SequenceSpec, generate,
-                                 read_sequence, render_sequence, write_sequence)
+from oclr_jax.data.masks_io import davis_palette
+from oclr_jax.data.synth import (
+    RenderOptions,
+    SequenceGenerationError,
+    SequenceSpec,
+    generate,
+    read_sequence,
+    render_sequence,
+    write_sequence,
+)
 from oclr_jax.data.synth.__main__ import main
 from oclr_jax.data.synth.png import encode_rows, unfiltered_rows
-from oclr_jax.data.synth.writer import (SequenceWriter, davis_palette, remove_stale_staging,
-                                        staging_name)
+from oclr_jax.data.synth.writer import SequenceWriter, remove_stale_staging, staging_name
 
 TINY = RenderOptions(resolution=(32, 48), frames=3)
 

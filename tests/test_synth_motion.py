@@ -5,10 +5,8 @@ import pytest
 
 from oclr_jax.data.synth import inverse, trajectories
 from oclr_jax.data.synth.geometry import apply_homography, homography_flow_grid, pose_homography
-from oclr_jax.data.synth.motion import (DeformedHomographyMotion, GluedMotion, HomographyMotion,
-                                        WaveHomographyMotion)
-from oclr_jax.data.synth.spline import (bilinear, cell_table, invert_displacement, min_fold_determinant,
-                                        thin_plate_field)
+from oclr_jax.data.synth.motion import DeformedHomographyMotion, GluedMotion, HomographyMotion, WaveHomographyMotion
+from oclr_jax.data.synth.spline import bilinear, cell_table, invert_displacement, min_fold_determinant, thin_plate_field
 
 RNG = np.random.default_rng(0)
 

@@ -2,11 +2,11 @@
 
 import os
 
+import eval_fakes as ef
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import eval_fakes as ef
 from oclr_jax.data import benchmarks, flow_io
 from oclr_jax.data.tfds import benchmarks as tb
 

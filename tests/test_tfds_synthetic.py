@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import official_fixtures as fx
 import pytest
 import tensorflow_datasets as tfds
 
-import official_fixtures as fx
 from oclr_jax.data import flow_codec
 from oclr_jax.data import official_layout as ol
 from oclr_jax.data.tfds import synthetic as ts

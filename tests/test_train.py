@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from oclr_jax import sharding
+from oclr_jax.model import model_from_config
 from oclr_jax.train import optim
 from oclr_jax.train import step as train_step
 from oclr_jax.train import trainer as train
-from oclr_jax.model import model_from_config
 from tests.train_fakes import FAST_COMPILE, moving_squares_batches, small_config
 
 
@@ -271,8 +271,8 @@ def test_init_params_from_warm_starts_params_only(tmp_path):
 
 
 def test_synthetic_num_objects_picks_those_sequences_in_order():
-    from oclr_jax.train import batches as train_data
     from oclr_jax.data.synth import spec_for_index
+    from oclr_jax.train import batches as train_data
 
     config = small_config()
     assert [train_data.synthetic_sequence_index(config, "syn_train", e)

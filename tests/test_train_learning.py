@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from oclr_jax.config import loading as config_lib
+from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import trainer as train
-from oclr_jax.model import model_from_config
 
 NUM_STEPS = 240
 HELD_OUT_FIRST_INDEX = 100_000  # training reads sequences 0 .. NUM_STEPS * batch - 1

@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import eval_fakes as ef  # noqa: E402
-from oclr_jax.eval import runner as oclr_eval  # noqa: E402
+
 from oclr_jax.config.loading import load_config  # noqa: E402
 from oclr_jax.data import masks_io  # noqa: E402
+from oclr_jax.eval import runner as oclr_eval  # noqa: E402
 from oclr_jax.tta.dino_port import save_dino_state_dict  # noqa: E402
 from oclr_jax.tta.vit import init_vit_params, vit_from_config  # noqa: E402
 

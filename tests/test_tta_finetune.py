@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oclr_jax.tta.finetune import (FinetuneSettings, finetune_last_blocks, learning_rate_schedule,
-                                   make_optimizer, pair_schedule, trainable_labels)
+from oclr_jax.tta.finetune import (
+    FinetuneSettings,
+    finetune_last_blocks,
+    learning_rate_schedule,
+    make_optimizer,
+    pair_schedule,
+    trainable_labels,
+)
 from oclr_jax.tta.loss import trimap
 from oclr_jax.tta.vit import VisionTransformer, init_vit_params
 
@@ -35,11 +41,28 @@ def test_schedules():
     decay = learning_rate_schedule(FinetuneSettings())
     np.testing.assert_allclose([decay(0), decay(500), decay(1000), decay(2000)],
                                [1e-5, 5e-6, 0.0, 0.0], atol=1e-12)
-    warmup = learning_rate_schedule(FinetuneSettings(lr_schedule="warmup_constant"))
-    np.testing.assert_allclose([warmup(0), warmup(50), warmup(100), warmup(900)],
-                               [0.0, 5e-6, 1e-5, 1e-5], atol=1e-12)
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate_schedule(FinetuneSettings(lr_schedule="cosine"))
+
+
+def _official_rates(num_steps: int, base: float = 1e-5, warmup: int = 100) -> list[float]:
+    """The rate each step of the official loop uses (dino_funetuning.py, transcribed): the
+    optimizer starts at `base`; after step `it < warmup` the next rate is base * it / warmup."""
+    lr, rates = base, []
+    for it in range(num_steps):
+        rates.append(lr)  # optimizer.step() with the current rate
+        if it < warmup:
+            lr = base * it / warmup
+    return rates
+
+
+def test_warmup_constant_is_the_official_loop_step_by_step():
+    warmup = learning_rate_schedule(FinetuneSettings(lr_schedule="warmup_constant"))
+    ours = [float(warmup(step)) for step in range(130)]
+    expected = _official_rates(130)
+    np.testing.assert_allclose(expected[:4], [1e-5, 0.0, 1e-7, 2e-7], rtol=1e-12)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-13)
+    np.testing.assert_allclose(float(warmup(999)), 0.99e-5, rtol=1e-6)
 
 
 def test_trainable_labels_mark_the_last_blocks():

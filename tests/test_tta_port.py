@@ -10,11 +10,11 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from torch_vit_reference import ReferenceViT, randomize_  # noqa: E402
 
 from oclr_jax.tta import dino_port  # noqa: E402
 from oclr_jax.tta.dino_port import DinoCheckpointError  # noqa: E402
 from oclr_jax.tta.vit import VisionTransformer, init_vit_params  # noqa: E402
-from torch_vit_reference import ReferenceViT, randomize_  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

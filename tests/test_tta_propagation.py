@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from oclr_jax.tta import propagation
-from oclr_jax.tta.propagation import (consistency_errors, label_disagreement, neighborhood_mask,
-                                      propagate_from_keyframe, propagate_labels)
+from oclr_jax.tta.propagation import (
+    consistency_errors,
+    label_disagreement,
+    neighborhood_mask,
+    propagate_from_keyframe,
+    propagate_labels,
+)
 
 H, W, VISIBLE, DIM = 6, 18, 10, 32  # world grid, visible columns per frame, feature width
 

@@ -8,11 +8,10 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from torch_vit_reference import ReferenceViT, randomize_  # noqa: E402
 
 from oclr_jax.tta import dino_port  # noqa: E402
-from oclr_jax.tta.vit import (VisionTransformer, interpolate_pos_embed,  # noqa: E402
-                              torch_bicubic_matrix)
-from torch_vit_reference import ReferenceViT, randomize_  # noqa: E402
+from oclr_jax.tta.vit import VisionTransformer, interpolate_pos_embed, torch_bicubic_matrix  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

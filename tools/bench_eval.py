@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     import jax
 
-    from oclr_jax.eval import inference
     from oclr_jax.checkpoint import model_for
     from oclr_jax.config.loading import load_config
+    from oclr_jax.eval import inference
     from oclr_jax.eval.runner import evaluate, options_from_config
 
     config = load_config(args.config)

@@ -82,9 +82,9 @@ def _config(args, data_dir: str):
 def main(argv=None) -> None:
     args = _parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from oclr_jax.data import input_pipeline
+    from oclr_jax.data import input_pipeline, tf_devices
 
-    input_pipeline.hide_accelerators_from_tf()
+    tf_devices.hide_accelerators_from_tf()
     workdir = None
     build_s = 0.0
     data_dir = args.data_dir

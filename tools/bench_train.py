@@ -102,9 +102,9 @@ def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False,
 
     from oclr_jax import sharding
     from oclr_jax.config import loading as config_lib
+    from oclr_jax.model import model_from_config
     from oclr_jax.train import optim
     from oclr_jax.train import step as train_step
-    from oclr_jax.model import model_from_config
 
     config_file, batch, frames, height, width = SIZES[size]
     config = config_lib.load_config(os.path.join(REPO, config_file), [
@@ -164,7 +164,6 @@ def _torch_match(amodal_logits, order_logits, gt):
     """Hungarian matching per sample, costed as the official `hungarian_matcher`: the cost
     volume (T, K, K, h, w) of BCE between every prediction and GT layer, NaN/inf -> 10, the
     frame mean on the host, scipy, then the permutation written into clones of both outputs."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from scipy.optimize import linear_sum_assignment
@@ -366,7 +365,7 @@ def _run_worker(spec: str, args) -> dict:
     if args.official_repo:
         command += ["--official-repo", args.official_repo]
     proc = subprocess.run(command, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     return json.loads(lines[-1][7:]) if lines else {"error": proc.stderr.strip()[-500:]}
 
 

@@ -33,10 +33,10 @@ import os
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
-from oclr_jax.data import masks_io
-from oclr_jax.data.benchmark_sequences import (DAVIS2016_VAL, DAVIS2017_VAL, FBMS59_VAL,
-                                               MOCA_VAL, SEGTRACKV2_VAL)
+from oclr_jax.data import masks_io, official_layout
+from oclr_jax.data.benchmark_sequences import DAVIS2016_VAL, DAVIS2017_VAL, FBMS59_VAL, MOCA_VAL, SEGTRACKV2_VAL
 from oclr_jax.data.flow_io import FLOW_EXTENSIONS
 from oclr_jax.errors import UserError
 
@@ -338,8 +338,6 @@ class Benchmark:
 
     def read_sequence(self, name: str) -> SequenceRecord:
         """Reads one sequence's file lists and annotations."""
-        from PIL import Image
-
         image_dir = os.path.join(self.image_root, name)
         images = _list_files(image_dir, IMAGE_EXTENSIONS)
         if not images:
@@ -412,8 +410,6 @@ class Benchmark:
                 "box_motion": tuple(per_frame[frames[i]][1] for i in annotated)}
 
     def _read_amodal(self, name: str, frames: tuple[str, ...]) -> dict:
-        from oclr_jax.data import official_layout
-
         try:
             num_objects = official_layout.num_objects_from_name(name)
             masks = [official_layout.read_amodal_masks(os.path.dirname(self.annotation_root),

@@ -217,9 +217,9 @@ def _build(args) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
-    from oclr_jax.data import input_pipeline
+    from oclr_jax.data.tf_devices import hide_accelerators_from_tf
 
-    input_pipeline.hide_accelerators_from_tf()
+    hide_accelerators_from_tf()
     name, _, config_name = args.dataset.partition("/")
     if name == "oclr_synthetic":
         builder = _synthetic_builder(args, config_name)

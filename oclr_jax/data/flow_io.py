@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from oclr_jax.atomic import atomic_write_bytes
@@ -85,8 +86,6 @@ def read_npy_flow(path: str, allow_nonfinite: bool = False) -> np.ndarray:
 
 def read_kitti_png_flow(path: str, allow_nonfinite: bool = False) -> np.ndarray:
     """Reads a 16-bit KITTI-style flow PNG; invalid pixels (third channel 0) become 0 flow."""
-    import cv2  # Local: cv2 is only needed for PNG flow.
-
     raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise FlowFileError(f"{path}: cannot decode PNG flow")
@@ -134,8 +133,6 @@ def write_flo(path: str, flow: np.ndarray) -> None:
 
 def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
     """Writes a 16-bit KITTI-style flow PNG atomically (precision 1/64 px, range ±512 px)."""
-    import cv2
-
     flow = np.asarray(flow, np.float32)
     encoded = np.clip(np.round(flow * _KITTI_SCALE + _KITTI_OFFSET), 0, 65535).astype(np.uint16)
     bgr = np.stack([np.ones(flow.shape[:2], np.uint16), encoded[..., 1], encoded[..., 0]], -1)
@@ -143,22 +140,6 @@ def write_kitti_png_flow(path: str, flow: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the flow PNG")
     atomic_write_bytes(path, buf.tobytes())
-
-
-def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a `(H, W, 2)` flow with the vectors scaled to the new size.
-
-    `u` is multiplied by `W_new / W_old` and `v` by `H_new / H_old` (DESIGN.md §1): flow is in
-    pixels of the grid it lives on.
-    """
-    import cv2
-
-    old_h, old_w = flow.shape[:2]
-    if (old_h, old_w) == (height, width):
-        return np.asarray(flow, np.float32)
-    resized = cv2.resize(np.asarray(flow, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scale = np.array([width / old_w, height / old_h], np.float32)
-    return (resized * scale).astype(np.float32)
 
 
 def check_flow_size(flow_size, image_size, path: str) -> None:

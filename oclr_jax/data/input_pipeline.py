@@ -25,21 +25,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from oclr_jax.data import augment as augment_lib
+from oclr_jax.data import flow_codec, official_layout
+from oclr_jax.data.tf_devices import hide_accelerators_from_tf
+from oclr_jax.data.tfds import synthetic as tfds_synthetic
 
-OUTPUT_KEYS = ("flow", "amodal", "modal", "num_objects")
-
-
-def hide_accelerators_from_tf() -> None:
-    """Makes GPUs/TPUs invisible to TensorFlow so it never takes accelerator memory from JAX."""
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            # RuntimeError: devices already initialised (then they stayed hidden if this ran
-            # first); ValueError: no such device type in this build.
-            pass
+OUTPUT_KEYS = ("flow", "amodal", "num_objects")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +123,6 @@ def _numpy_loader(read: Callable[[int], tuple], num_flow_channels: int,
 
 def open_tfds_source(name: str, data_dir: str | None, split: str) -> ExampleSource:
     """A tfds `oclr_synthetic` dataset (ArrayRecord files) as a random-access source."""
-    import tensorflow_datasets as tfds
-
-    from oclr_jax.data import flow_codec
-    from oclr_jax.data.tfds import synthetic as tfds_synthetic
-
     builder = tfds.builder(name, data_dir=data_dir or None)
     splits = list(builder.info.splits)
     if not split:
@@ -168,7 +156,6 @@ def open_tfds_source(name: str, data_dir: str | None, split: str) -> ExampleSour
 
 def open_folder_source(root: str, gaps: Sequence[int], resolution: Sequence[int]) -> ExampleSource:
     """An official-layout folder as a random-access source (read at `resolution`)."""
-    from oclr_jax.data import official_layout
 
     names = official_layout.list_sequences(root)
     gaps = gaps_with_opposites(gaps)
@@ -194,8 +181,6 @@ def open_train_source(config) -> ExampleSource:
     hide_accelerators_from_tf()
     data = config.data
     if data.get("tfds_name"):
-        from oclr_jax.data.tfds import synthetic as tfds_synthetic
-
         unsupported = [g for g in data.gaps if int(g) not in tfds_synthetic.FLOW_GAPS]
         if unsupported:
             raise ValueError(f"data.gaps {tuple(data.gaps)}: {data.tfds_name} stores gaps "
@@ -225,17 +210,15 @@ def _fold(seed, *values):
     return key
 
 
-def unpack_masks(amodal_bits, num_channels: int) -> tuple:
-    """uint8 bit planes `(...)` -> amodal and modal masks `(..., K)` float32.
+def unpack_masks(amodal_bits, num_channels: int):
+    """uint8 bit planes `(...)` -> amodal masks `(..., K)` float32 (bit k = channel k).
 
-    Modal masks are composed with the higher channel in front, as the official training derives
-    its targets: object k is visible where its bit is the highest one set, `bits >> k == 1`.
+    The modal targets are not shipped: the train step derives them from these
+    (`compose.ground_truth_modal`), as the official training does.
     """
     shifted = tf.bitwise.right_shift(amodal_bits[..., None],
                                      tf.cast(tf.range(num_channels), amodal_bits.dtype))
-    amodal = tf.cast(tf.bitwise.bitwise_and(shifted, 1), tf.float32)
-    modal = tf.cast(tf.equal(shifted, 1), tf.float32)
-    return amodal, modal
+    return tf.cast(tf.bitwise.bitwise_and(shifted, 1), tf.float32)
 
 
 def _check_example(example: dict, num_channels: int) -> dict:
@@ -301,7 +284,7 @@ def make_train_dataset(config, *, seed: int, process_index: int, process_count: 
 
     def finish(batch):
         batch = dict(batch)
-        batch["amodal"], batch["modal"] = unpack_masks(batch.pop("amodal_bits"), num_channels)
+        batch["amodal"] = unpack_masks(batch.pop("amodal_bits"), num_channels)
         return batch
 
     dataset = tf.data.Dataset.counter(start=int(start_step) * batch_size)

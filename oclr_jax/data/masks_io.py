@@ -18,6 +18,7 @@ import warnings
 from typing import Optional
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from oclr_jax.atomic import atomic_write_bytes
 from oclr_jax.errors import UserError
@@ -51,8 +52,6 @@ def binary_palette() -> np.ndarray:
 
 def encode_indexed_png(labels: np.ndarray, palette: Optional[np.ndarray] = None) -> bytes:
     """PNG bytes of a (H, W) label map (ids 0..255) with a palette (default DAVIS)."""
-    from PIL import Image
-
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"a label map must be (H, W); got shape {labels.shape}")
@@ -73,8 +72,6 @@ def write_indexed_png(path: str, labels: np.ndarray, palette: Optional[np.ndarra
 
 def write_binary_png(path: str, mask: np.ndarray) -> None:
     """Writes a (H, W) bool mask as an 8-bit grayscale PNG (0 / 255), atomically."""
-    from PIL import Image
-
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask must be (H, W); got shape {mask.shape}")
@@ -85,8 +82,6 @@ def write_binary_png(path: str, mask: np.ndarray) -> None:
 
 
 def _open(path: str):
-    from PIL import Image, UnidentifiedImageError
-
     if not os.path.isfile(path):
         raise MaskFileError(f"{path}: mask file does not exist")
     try:

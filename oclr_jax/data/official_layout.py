@@ -24,9 +24,12 @@ import os
 import warnings
 from typing import Sequence
 
+import cv2
 import numpy as np
 
-from oclr_jax.data import flow_io
+from oclr_jax import resample
+from oclr_jax.compose import ground_truth_modal
+from oclr_jax.data import flow_io, masks_io
 from oclr_jax.errors import UserError
 
 IMAGE_DIR = "JPEGImages"
@@ -118,7 +121,7 @@ def _complete_only(root: str, names: list[str]) -> list[str]:
     if len(complete) < len(names):
         warnings.warn(f"{root}: leaving out {len(names) - len(complete)} incomplete sequences "
                       f"(no {METADATA_DIR}/<seq>.json), e.g. "
-                      f"{sorted(set(names) - set(complete))[0]!r}")
+                      f"{sorted(set(names) - set(complete))[0]!r}", stacklevel=2)
     return complete
 
 
@@ -159,8 +162,6 @@ def read_gap_flow(root: str, name: str, frame: str, gap: int) -> tuple[np.ndarra
 
 def _read_png_channel(path: str) -> np.ndarray:
     """A PNG as one uint8 channel (the red channel of a colour PNG, as the official reader)."""
-    import cv2
-
     if not os.path.exists(path):
         raise LayoutError(f"{path}: mask file does not exist")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -191,11 +192,8 @@ def _read_png_channel(path: str) -> np.ndarray:
 
 def _resize_mask(mask_u8: np.ndarray, resolution: tuple[int, int] | None) -> np.ndarray:
     """Binary mask (bool); resized as the official loader: bilinear on 0/255, then > 0.5."""
-    import cv2
-
-    if resolution is not None and mask_u8.shape != tuple(resolution):
-        mask_u8 = cv2.resize(mask_u8, (resolution[1], resolution[0]),
-                             interpolation=cv2.INTER_LINEAR)
+    if resolution is not None:
+        mask_u8 = resample.bilinear(mask_u8, resolution)
     return mask_u8 > 127
 
 
@@ -228,27 +226,12 @@ def read_amodal_masks(root: str, name: str, frame: str, num_objects: int,
     return np.stack(masks, axis=-1)
 
 
-def compose_modal(amodal: np.ndarray) -> np.ndarray:
-    """Modal (visible) masks from amodal ones, the higher channel in front.  `(..., n)` bool."""
-    amodal = np.asarray(amodal, bool)
-    modal = np.zeros_like(amodal)
-    claimed = np.zeros(amodal.shape[:-1], bool)
-    for k in reversed(range(amodal.shape[-1])):
-        modal[..., k] = amodal[..., k] & ~claimed
-        claimed |= amodal[..., k]
-    return modal
-
-
 def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_objects: int,
                            resolution: tuple[int, int] | None = None) -> np.ndarray | None:
     """Visible masks from `Annotations/<seq>/<frame>.png` label maps (id k = object k, 0 for
     background and anything else, e.g. an occluder), or None when the sequence has no such
     folder (the official data ships none; our generator writes them).  `(T, H, W, n)` bool.
     Label maps are resized with nearest neighbour."""
-    import cv2
-
-    from oclr_jax.data import masks_io
-
     folder = os.path.join(root, MODAL_DIR, name)
     if not os.path.isdir(folder):
         return None
@@ -259,9 +242,8 @@ def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_obje
             labels = masks_io.read_label_png(path)
         except masks_io.MaskFileError as e:
             raise LayoutError(str(e)) from e
-        if resolution is not None and labels.shape != tuple(resolution):
-            labels = cv2.resize(labels, (resolution[1], resolution[0]),
-                                interpolation=cv2.INTER_NEAREST)
+        if resolution is not None:
+            labels = resample.opencv_nearest(labels, resolution)
         masks.append(labels[..., None] == np.arange(1, num_objects + 1, dtype=np.uint8))
     paths = [os.path.join(folder, f + ".png") for f in frames]
     return _stack_same_shape(masks, paths, "modal label map")
@@ -269,14 +251,13 @@ def read_modal_annotations(root: str, name: str, frames: Sequence[str], num_obje
 
 def read_rgb(path: str, resolution: tuple[int, int] | None = None) -> np.ndarray:
     """A frame as `(H, W, 3)` uint8 RGB, optionally resized bilinearly."""
-    import cv2
 
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise LayoutError(f"{path}: missing or undecodable frame image")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if resolution is not None and image.shape[:2] != tuple(resolution):
-        image = cv2.resize(image, (resolution[1], resolution[0]), interpolation=cv2.INTER_LINEAR)
+    if resolution is not None:
+        image = resample.bilinear(image, resolution)
     return image
 
 
@@ -316,7 +297,7 @@ def read_sequence(root: str, name: str, gaps: Sequence[int] = (1, -1), *,
         per_frame, paths = zip(*(read_gap_flow(root, name, frame, gap) for frame in frames))
         flow = _stack_same_shape(list(per_frame), list(paths), "flow")
         if resolution is not None:
-            flow = np.stack([flow_io.resize_flow(f, *resolution) for f in flow])
+            flow = np.stack([resample.resize_flow(f, *resolution) for f in flow])
         flows[int(gap)] = flow.astype(np.float32)
     first = next(iter(flows.values())) if flows else None
     grid = tuple(first.shape[1:3]) if first is not None else resolution
@@ -339,4 +320,4 @@ def read_sequence(root: str, name: str, gaps: Sequence[int] = (1, -1), *,
             raise LayoutError(f"{paths[0]}: frames of size {rgb.shape[1:3]} but flows of size "
                               f"{grid} in sequence {name!r}; pass a resolution to resize both")
     return OfficialSequence(name=name, frames=tuple(frames), flows=flows, amodal=amodal,
-                            modal=compose_modal(amodal), rgb=rgb)
+                            modal=ground_truth_modal(amodal), rgb=rgb)

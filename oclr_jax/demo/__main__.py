@@ -2,8 +2,8 @@
 
 import sys
 
-from oclr_jax.errors import run_cli
 from oclr_jax.demo.run import main
+from oclr_jax.errors import run_cli
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -20,9 +20,13 @@ import json
 import os
 import sys
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from oclr_jax.atomic import staged_directory
+from oclr_jax.data.flow_viz import colour_wheel_legend, flow_to_rgb
+from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
 
 LAYER_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
                           [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]],
@@ -39,8 +43,6 @@ def colour(index: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size, nearest: bool = False) -> np.ndarray:
-    import cv2
-
     height, width = size
     if image.shape[:2] == (height, width):
         return image
@@ -59,8 +61,6 @@ def label(tile: np.ndarray, text: str, line: int = 0, bottom: bool = False) -> n
     The outline is the same thin text stamped at the 8 neighbouring offsets: a thicker stroke
     would advance each glyph further than the white text and garble the label.
     """
-    import cv2
-
     tile = np.ascontiguousarray(tile)
     scale = text_scale(tile.shape[1])
     thickness = max(1, int(round(scale * 1.5)))
@@ -82,8 +82,6 @@ def label(tile: np.ndarray, text: str, line: int = 0, bottom: bool = False) -> n
 def with_flow_key(flow_tile: np.ndarray, rim_pixels: float) -> np.ndarray:
     """The flow tile with the colour wheel in its bottom-right corner: a vector's direction is
     its hue and its length the saturation, full at the rim (`rim_pixels` per frame)."""
-    from oclr_jax.data.flow_viz import colour_wheel_legend
-
     tile = np.ascontiguousarray(flow_tile).copy()
     size = max(24, tile.shape[0] // 4) // 2 * 2 + 1
     wheel = colour_wheel_legend(size)
@@ -115,8 +113,6 @@ def amodal_tile(rgb: np.ndarray, amodal: np.ndarray, modal: np.ndarray, k: int) 
 
 def score_tile(size, scores) -> np.ndarray:
     """A dark tile listing J per ground-truth object (or nothing without scores)."""
-    import cv2
-
     tile = np.zeros((*size, 3), np.uint8)
     if scores is None:
         return tile
@@ -184,8 +180,6 @@ def _stderr_silenced():
 
 def write_webm(path: str, frames: list, fps: float) -> None:
     """VP9 in WebM: what Chromium and Firefox play and OpenCV's bundled FFmpeg can write."""
-    import cv2
-
     height, width = frames[0].shape[:2]
     with _stderr_silenced():  # FFmpeg's note that WebM stores no fourcc tag: not for users
         writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP90"), fps, (width, height))
@@ -197,8 +191,6 @@ def write_webm(path: str, frames: list, fps: float) -> None:
 
 
 def write_gif(path: str, frames: list, fps: float) -> None:
-    from PIL import Image
-
     width = frames[0].shape[1]
     scale = min(1.0, MAX_GIF_WIDTH / width)
     size = (int(frames[0].shape[0] * scale), int(width * scale))
@@ -250,9 +242,6 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str,
     them; the summary numbers layers 1..K (None: none), as the page and the file names do.
     The caller checks `out_dir` first (`errors.check_output_dir`): it is replaced.
     """
-    from oclr_jax.data.flow_viz import flow_to_rgb
-    from oclr_jax.data.masks_io import write_binary_png, write_indexed_png
-
     out_dir = os.path.abspath(out_dir)
     with staged_directory(out_dir) as staging:
         num_frames = len(clip.rgb)
@@ -275,7 +264,6 @@ def write_report(out_dir: str, clip, prediction, scores, checkpoint: str,
                                  prediction.amodal[t, ..., k])
         write_webm(os.path.join(staging, VIDEO_FILE), panels, clip.fps)
         write_gif(os.path.join(staging, "demo.gif"), panels, clip.fps)
-        from PIL import Image
         Image.fromarray(panels[num_frames // 2]).save(os.path.join(staging, "preview.png"))
         if scores is not None:
             scores = dict(scores, objects=[

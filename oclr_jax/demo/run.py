@@ -20,9 +20,21 @@ import os
 import sys
 from typing import Optional
 
+import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from oclr_jax.errors import UserError
+from oclr_jax.checkpoint import CheckpointError, load_checkpoint
+from oclr_jax.compose import front_to_back, hard_modal_masks
+from oclr_jax.data.synth import RenderOptions, plan_split, render_sequence
+from oclr_jax.data.synth.backgrounds import estimate_flows
+from oclr_jax.demo.report import MARKER, write_report
+from oclr_jax.errors import UserError, check_output_dir
+from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
+from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
+from oclr_jax.resample import resize_flow
 
 # The default clip, chosen by rule and not by score: the first Syn-Val sequence (seed 0) with
 # three objects whose amodal masks overlap (so the page shows layers, occlusion and an order);
@@ -71,8 +83,6 @@ def stack_gaps(flow_fwd: np.ndarray, flow_bwd: np.ndarray, gaps) -> np.ndarray:
 
 def synthetic_clip(config, seed: int, index: int, frames: int) -> Clip:
     """A Syn-Val-style sequence from our generator at the model resolution."""
-    from oclr_jax.data.synth import RenderOptions, plan_split, render_sequence
-
     spec = plan_split("syn_val", num_sequences=index + 1, seed=seed)[index]
     options = RenderOptions(resolution=tuple(config.data.resolution), frames=frames)
     seq = render_sequence(spec, options)
@@ -83,8 +93,6 @@ def synthetic_clip(config, seed: int, index: int, frames: int) -> Clip:
 def read_video(path: str, max_frames: int) -> tuple[np.ndarray, float]:
     """RGB frames (N, H, W, 3) uint8 and the frame rate; clear errors for unusable files.
     At most `max_frames` frames (0: all), with a note when the clip is longer."""
-    import cv2
-
     if not os.path.isfile(path):
         raise DemoError(f"{path}: video file does not exist")
     capture = cv2.VideoCapture(path)
@@ -116,11 +124,6 @@ def video_clip(path: str, config, max_frames: int, flow_height: int,
     OpenCV DIS.  It is computed at `flow_height` rows (the aspect kept) and the field is then
     resized with its vectors scaled, as the official loader does with RAFT flow (DESIGN.md §1).
     """
-    import cv2
-
-    from oclr_jax.data.flow_io import resize_flow
-    from oclr_jax.data.synth.backgrounds import estimate_flows
-
     rgb, fps = read_video(path, max_frames)
     height, width = rgb.shape[1:3]
     scale = min(1.0, flow_height / height)
@@ -178,12 +181,6 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
     evaluation does: modal masks are composed at the model resolution (threshold, then the
     window's order, eq. 2) and then upsampled to `size` (H, W); amodal probabilities are
     upsampled and thresholded.  Each frame comes from the first window that holds it."""
-    import jax
-    import jax.numpy as jnp
-
-    from oclr_jax.compose import front_to_back, hard_modal_masks
-    from oclr_jax.eval.inference import cut_windows, stitch, upsample_layers
-
     @jax.jit
     def apply(p, x):
         out = model.apply({"params": p}, x, train=False)
@@ -210,8 +207,6 @@ def predict_clip(model, params, flow: np.ndarray, window: int, size, progress=No
 
 def score_against_gt(prediction: Prediction, clip: Clip) -> dict:
     """J per ground-truth object for modal and amodal masks, layers matched by modal IoU."""
-    from oclr_jax.eval.metrics import iou_matrix, match_layers_to_objects
-
     to_tk = lambda m: np.moveaxis(m, -1, 1)  # (N, H, W, K) -> (N, K, H, W)
     object_of_layer = match_layers_to_objects(to_tk(prediction.modal), to_tk(clip.gt_modal))
     modal_iou = iou_matrix(to_tk(prediction.modal), to_tk(clip.gt_modal)).mean(0)  # (O, K)
@@ -283,12 +278,6 @@ def main(argv=None) -> int:
             raise DemoError(f"must be at least {minimum}, got {value}", flag)
     if args.max_frames == 1:
         raise DemoError("motion needs at least 2 frames; 0 reads the whole clip", "--max-frames")
-    from tqdm import tqdm
-
-    from oclr_jax.checkpoint import CheckpointError, load_checkpoint
-    from oclr_jax.demo.report import MARKER, write_report
-    from oclr_jax.errors import check_output_dir
-
     if args.raft_checkpoint and not args.video:
         raise DemoError("--raft-checkpoint is for --video (the synthetic clip has exact flow)")
     # Before any work: never replace a folder the demo did not write (`--out .` included).

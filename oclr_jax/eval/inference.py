@@ -21,8 +21,11 @@ import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+import jax
 import numpy as np
 
+from oclr_jax import resample, sharding
+from oclr_jax.compose import hard_modal_masks
 from oclr_jax.data import flow_io
 from oclr_jax.data.benchmarks import SequenceRecord
 from oclr_jax.errors import UserError
@@ -129,7 +132,7 @@ def load_window_flow(record: SequenceRecord, indices: Sequence[int], gaps: Seque
                 flow_io.check_flow_size(flow.shape[:2], record.image_size, path)
                 if unpad:
                     flow = crop_raft_padding(flow, record.image_size, path)
-                channels.append(sign * flow_io.resize_flow(flow, height, width))
+                channels.append(sign * resample.resize_flow(flow, height, width))
             cache[frame] = np.concatenate(channels, axis=-1)
         frames.append(cache[frame])
     return np.stack(frames).astype(np.float32)
@@ -152,10 +155,6 @@ class WindowPredictor:
 
     def __init__(self, predict_fn: Callable[..., dict], batch_size: int, params: Any = None,
                  threshold: float = 0.5, with_amodal: bool = False, devices=None):
-        import jax
-
-        from oclr_jax import sharding
-
         # Each process evaluates on its own devices: windows are independent.
         devices = list(devices or jax.local_devices())
         self.batch_size = -(-max(1, batch_size) // len(devices)) * len(devices)
@@ -179,8 +178,6 @@ class WindowPredictor:
     def predict(self, flows: np.ndarray
                 ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
         """As `__call__`, plus the order logits (N, K) float32 (smaller = nearer)."""
-        import jax
-
         count = flows.shape[0]
         if count > self.batch_size:
             raise ValueError(f"{count} windows exceed the batch size {self.batch_size}")
@@ -203,7 +200,6 @@ def make_window_step(predict_fn: Callable[..., dict], mesh, threshold: float = 0
     import jax
 
     from oclr_jax import sharding
-    from oclr_jax.compose import hard_modal_masks
 
     def step(params, flow):  # flow (B, T, H, W, C)
         out = predict_fn(flow) if params is None else predict_fn(params, flow)
@@ -324,8 +320,6 @@ def upsample_layers(layers: np.ndarray, size: Sequence[int], method: str = "bili
     Returns:
       (T, H, W, K) bool.
     """
-    import cv2
-
     if method not in UPSAMPLE_METHODS:
         raise ValueError(f"upsample method must be one of {UPSAMPLE_METHODS}; got {method!r}")
     layers = np.asarray(layers, np.float32)
@@ -333,16 +327,9 @@ def upsample_layers(layers: np.ndarray, size: Sequence[int], method: str = "bili
     if layers.shape[1:3] == (height, width):
         return layers > 0.5
     if method == "nearest":
-        rows = np.minimum((np.arange(height) * (layers.shape[1] / height)).astype(np.int64),
-                          layers.shape[1] - 1)
-        cols = np.minimum((np.arange(width) * (layers.shape[2] / width)).astype(np.int64),
-                          layers.shape[2] - 1)
-        return layers[:, rows][:, :, cols] > 0.5
-    out = np.empty((layers.shape[0], height, width, layers.shape[-1]), bool)
-    for t, frame in enumerate(layers):
-        resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[t] = resized.reshape(height, width, -1) > 0.5
-    return out
+        return resample.resize_nearest(layers, size, resample.torch_nearest_indices,
+                                       axes=(1, 2)) > 0.5
+    return np.stack([resample.bilinear(frame, size) for frame in layers]) > 0.5
 
 
 def labels_to_onehot(labels: np.ndarray, num_layers: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -92,8 +93,6 @@ def boundary_maps(masks: np.ndarray, void: Optional[np.ndarray] = None,
 
     Void pixels are cleared from the mask before its boundary is taken (`f_measure`).
     """
-    import cv2  # Local: only boundary metrics need OpenCV.
-
     masks = np.asarray(masks, bool)
     if void is not None:
         masks = masks & ~np.asarray(void, bool)
@@ -328,13 +327,6 @@ def merged_foreground(labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) != 0
 
 
-def modal_from_amodal(amodal: np.ndarray) -> np.ndarray:
-    """Visible masks of amodal layers whose HIGHER channel is in front.  (..., K) bool."""
-    amodal = np.asarray(amodal, bool)
-    in_front = np.cumsum(amodal[..., ::-1], axis=-1)[..., ::-1] - amodal  # layers above k.
-    return amodal & (in_front == 0)
-
-
 # ----------------------------------------------------------------------------- MoCA
 
 def moca_box_from_mask(mask: np.ndarray, frame_size: Optional[Sequence[int]] = None):
@@ -347,8 +339,6 @@ def moca_box_from_mask(mask: np.ndarray, frame_size: Optional[Sequence[int]] = N
     Returns:
       (x0, y0, x1, y1) float64 or None.
     """
-    import cv2
-
     mask = np.asarray(mask)
     gray = np.where(mask, 255, 0).astype(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
     height, width = gray.shape

@@ -21,15 +21,16 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
-from oclr_jax.eval import scoring
-from oclr_jax.atomic import atomic_write_text
+from oclr_jax import resample
+from oclr_jax.atomic import atomic_write_bytes, atomic_write_text
 from oclr_jax.data import masks_io
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord
+from oclr_jax.eval import scoring
 
 
 def _json_safe(value):
@@ -106,8 +107,6 @@ def read_prediction_masks(pred_dir: str, record: SequenceRecord
 
 def write_overlays(out_dir: str, record: SequenceRecord, labels: np.ndarray) -> None:
     """Frames blended half-and-half with the mask colours, as JPEGs under OUT/vis."""
-    import cv2
-
     palette = palette_for(record.dataset)[:, ::-1].astype(np.float32)  # BGR for OpenCV.
     folder = os.path.join(out_dir, "vis", record.name)
     os.makedirs(folder, exist_ok=True)
@@ -116,19 +115,13 @@ def write_overlays(out_dir: str, record: SequenceRecord, labels: np.ndarray) -> 
         if image is None:
             raise masks_io.MaskFileError(f"{record.image_paths[t]}: cannot read frame image")
         frame_labels = labels[t]
-        if frame_labels.shape != image.shape[:2]:
-            frame_labels = cv2.resize(frame_labels, image.shape[1::-1],
-                                      interpolation=cv2.INTER_NEAREST)
+        frame_labels = resample.opencv_nearest(frame_labels, image.shape[:2])
         colour = palette[frame_labels]
         blended = np.where(frame_labels[..., None] > 0, 0.5 * image + 0.5 * colour, image)
         ok, buffer = cv2.imencode(".jpg", blended.astype(np.uint8))
         if not ok:
             raise ValueError(f"cannot encode overlay of {record.name}/{frame}")
-        path = os.path.join(folder, frame + ".jpg")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.tobytes())
-        os.replace(tmp, path)
+        atomic_write_bytes(os.path.join(folder, frame + ".jpg"), buffer.tobytes())
 
 
 # ----------------------------------------------------------------------------- cache

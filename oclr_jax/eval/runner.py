@@ -25,12 +25,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from oclr_jax.config import paper
+from oclr_jax.config.checks import check_config
+from oclr_jax.data.benchmarks import DATASETS, DEFAULT_FLOW_DIR, Benchmark, SequenceRecord
+from oclr_jax.errors import UserError
 from oclr_jax.eval import inference, scoring
 from oclr_jax.eval import outputs as eval_outputs
-from oclr_jax.config import paper
-from oclr_jax.data.benchmarks import DATASETS, DEFAULT_FLOW_DIR, Benchmark, SequenceRecord
 
 Refine = Callable[[SequenceRecord, np.ndarray], np.ndarray]
+
+# The one source of the evaluation defaults: the paper config (a checkpoint saved before a
+# field existed, and a .pth that has no config at all, get these).
+_PAPER = paper.get_config()
 
 
 def _user_errors() -> tuple[type, ...]:
@@ -39,10 +45,8 @@ def _user_errors() -> tuple[type, ...]:
     from oclr_jax.data.benchmarks import BenchmarkError
     from oclr_jax.data.flow_io import FlowFileError
     from oclr_jax.data.masks_io import MaskFileError
-
-    from oclr_jax.tta.dino_port import DinoCheckpointError
-
     from oclr_jax.errors import UserError
+    from oclr_jax.tta.dino_port import DinoCheckpointError
 
     errors = [BenchmarkError, ConfigError, FlowFileError, MaskFileError,
               inference.FlowMissingError, DinoCheckpointError, UserError]
@@ -79,13 +83,13 @@ class EvalOptions:
     dataset: str
     data_dir: str
     out_dir: Optional[str] = None
-    gaps: tuple[int, ...] = (1, -1)
-    resolution: tuple[int, int] = (128, 224)
-    window: int = 30
-    threshold: float = 0.5
-    upsample: str = "bilinear"
-    unpad_flow: bool = False
-    batch_size: int = 2
+    gaps: tuple[int, ...] = tuple(_PAPER.data.gaps)
+    resolution: tuple[int, int] = tuple(_PAPER.data.resolution)
+    window: int = _PAPER.eval.window
+    threshold: float = _PAPER.eval.threshold
+    upsample: str = _PAPER.eval.upsample
+    unpad_flow: bool = _PAPER.eval.unpad_flow
+    batch_size: int = _PAPER.eval.batch_size
     sequences: Any = None
     flow_dir_name: str = DEFAULT_FLOW_DIR
     annotation_dir: Optional[str] = None
@@ -112,14 +116,14 @@ class EvalOptions:
 
 def options_from_config(config, **kwargs) -> EvalOptions:
     """EvalOptions with the model/data/eval settings of an ml_collections config."""
-    eval_config = config.get("eval", {})
+    eval_config = {**_PAPER.eval.to_dict(), **config.get("eval", {})}
     values = dict(gaps=tuple(int(g) for g in config.data.gaps),
                   resolution=tuple(int(s) for s in config.data.resolution),
-                  window=int(eval_config.get("window", 30)),
-                  threshold=float(eval_config.get("threshold", 0.5)),
-                  upsample=str(eval_config.get("upsample", "bilinear")),
-                  unpad_flow=bool(eval_config.get("unpad_flow", False)),
-                  batch_size=int(eval_config.get("batch_size", 2)))
+                  window=int(eval_config["window"]),
+                  threshold=float(eval_config["threshold"]),
+                  upsample=str(eval_config["upsample"]),
+                  unpad_flow=bool(eval_config["unpad_flow"]),
+                  batch_size=int(eval_config["batch_size"]))
     values.update({k: v for k, v in kwargs.items() if v is not None})
     return EvalOptions(**values)
 
@@ -322,10 +326,7 @@ def load_run_config(args, overrides: Sequence[str]):
     """(config, predict_fn, params, source) for the parsed command line."""
     from oclr_jax.config.loading import apply_override, load_config
 
-    from oclr_jax.config.checks import check_config
-    from oclr_jax.errors import UserError
-
-    defaults = paper.get_config()
+    defaults = paper.get_config()  # a fresh copy: overrides below edit it in place
     if args.predictions:
         if not os.path.isdir(args.predictions):
             raise UserError(f"{args.predictions}: --predictions folder does not exist")

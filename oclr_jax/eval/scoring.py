@@ -11,17 +11,19 @@ saved masks are what the official evaluators score; `window_output_labels` does 
   layers left over get the next free labels.
 
 `score_sequence` then applies each benchmark's evaluator (see `oclr_jax.eval.metrics`) and
-`summarize` averages the way each benchmark reports (DESIGN.md §5).
+`summarize` averages the way each benchmark reports; `RULES` holds both per benchmark.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from oclr_jax.eval import metrics
+from oclr_jax.compose import ground_truth_modal
 from oclr_jax.data.benchmarks import LAYOUTS, SequenceRecord
+from oclr_jax.eval import metrics
 
 VOID_ID = 255
 
@@ -58,7 +60,7 @@ def ground_truth_layers(record: SequenceRecord, annotation_rows: Sequence[int]
             if num_objects(record) else np.zeros((len(rows), 0, *labels.shape[1:]), bool)
         return gt, (void if void.any() else None)
     if record.amodal is not None:
-        modal = metrics.modal_from_amodal(record.amodal[rows])  # (N, H, W, O)
+        modal = ground_truth_modal(record.amodal[rows])  # (N, H, W, O)
         return np.moveaxis(modal, -1, 1), None
     size = record.annotation_size
     boxes = [metrics.box_to_mask(record.boxes[r], size) for r in rows]
@@ -133,76 +135,61 @@ def official_window_j(pred_layers: np.ndarray, gt_layers: np.ndarray,
     return np.array([values[t] for t in range(len(pred_layers))])
 
 
-def score_sequence(record: SequenceRecord, labels: np.ndarray,
-                   amodal: Optional[np.ndarray] = None,
-                   windows: Optional[Sequence[np.ndarray]] = None,
-                   num_layers: Optional[int] = None) -> dict:
-    """Scores one sequence's predicted label maps with its benchmark's evaluator.
+# ----------------------------------------------------------------------------- per benchmark
+# Each benchmark's evaluator: a function scoring one sequence's saved label maps, a function
+# averaging the rows as that benchmark reports, and the numbers the tables show.
 
-    Args:
-      record: the sequence with its annotations.
-      labels: (T, H, W) uint8 predicted label maps at the annotation size (0 background).
-      amodal: (T, H, W, K) bool amodal masks (Syn-Val), or None.
-      windows: the official windows (for DAVIS2017-motion's official-code J).
-      num_layers: the model's layers K (saved masks: None, the largest label is used).
-    Returns:
-      A flat dict of numbers for the table (plus 'objects' for DAVIS2017-motion).
-    """
-    dataset = record.dataset
-    # Syn-Val layers: every label present and at least the model's K (a layer never visible
-    # is still an empty prediction in the official per-window J).
-    num_layers = max(num_layers or 0, int(labels.max(initial=0)))
-    if labels.shape[0] != record.num_frames or (
-            dataset != "moca" and labels.shape[1:] != tuple(record.annotation_size)):
-        raise ValueError(f"{record.name}: predictions of shape {labels.shape} do not match "
-                         f"{record.num_frames} frames of {record.annotation_size}")
-    annotated = list(record.annotated)
-    row: dict = {"sequence": record.name, "frames": len(annotated)}
-    if dataset == "davis2016":
-        j, f = metrics.davis2016_sequence(labels != 0, record.labels != 0)
-        row.update(_stats("J", j), **_stats("F", f), frames=len(j))
-    elif dataset in ("segtrackv2", "fbms59"):
-        pred = metrics.merged_foreground(labels[annotated])
-        gt = record.labels != 0
-        row.update(_stats("J", metrics.region_iou(pred, gt)),
-                   **_stats("F", metrics.boundary_f(pred, gt)))
-    elif dataset == "davis2017m":
-        gt, void = ground_truth_layers(record, range(len(annotated)))
-        pred = metrics.labels_to_layers(labels)  # (P, T, H, W): ids 1..max, as the evaluator
-        j, f, _ = metrics.davis2017_unsupervised(pred, np.moveaxis(gt, 1, 0), void)
-        objects = [{"object": o + 1, **_stats("J", j[o]), **_stats("F", f[o])}
-                   for o in range(len(j))]
-        for key in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay"):
-            row[key] = float(np.mean([o[key] for o in objects])) if objects else float("nan")
-        row["num_objects"] = len(objects)
-        row["objects"] = objects
-        if windows is not None:
-            per_frame = official_window_j(np.moveaxis(pred, 0, 1), gt, windows)
-            row["J_official"] = float(per_frame.mean())
-    elif dataset == "moca":
-        ious = []
-        for r, frame in enumerate(annotated):
-            box = metrics.moca_box_from_mask(labels[frame] != 0, record.image_size)
-            ious.append(0.0 if box is None else metrics.box_iou(record.boxes[r], box))
-        counts = metrics.success_counts(ious)
-        row["box_iou_mean"] = float(np.mean(ious))
-        row.update({f"SR_{t}": c / len(ious) for t, c in zip(metrics.MOCA_THRESHOLDS, counts)})
-        row["success_counts"] = counts.tolist()
-    elif dataset == "synval":
-        gt_amodal = np.moveaxis(record.amodal, -1, 1)  # (T, O, H, W)
-        gt_modal = np.moveaxis(metrics.modal_from_amodal(record.amodal), -1, 1)
-        pred = np.moveaxis(metrics.labels_to_layers(labels, num_layers), 0, 1)  # (T, P, H, W)
-        row["num_objects"] = int(record.amodal.shape[-1])
-        row["J_modal"] = float(metrics.window_hungarian_iou(pred, gt_modal).mean())
-        if amodal is not None:
-            pred_amodal = np.moveaxis(amodal, -1, 1)
-            row["J_amodal"] = float(metrics.window_hungarian_iou(pred_amodal, gt_amodal).mean())
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}")
+def _score_davis2016(record, labels, amodal, windows, num_layers) -> dict:
+    """The DAVIS 2016 evaluator: J and F of the single object, per annotated frame."""
+    j, f = metrics.davis2016_sequence(labels != 0, record.labels != 0)
+    return {**_stats("J", j), **_stats("F", f), "frames": len(j)}
+
+
+def _score_merged(record, labels, amodal, windows, num_layers) -> dict:
+    """SegTrackv2 / FBMS-59: every predicted layer is one foreground against all objects."""
+    pred = metrics.merged_foreground(labels[list(record.annotated)])
+    gt = record.labels != 0
+    return {**_stats("J", metrics.region_iou(pred, gt)), **_stats("F", metrics.boundary_f(pred, gt))}
+
+
+def _score_davis2017m(record, labels, amodal, windows, num_layers) -> dict:
+    """The DAVIS 2017 unsupervised evaluator per object, plus the official code's window J."""
+    gt, void = ground_truth_layers(record, range(len(record.annotated)))
+    pred = metrics.labels_to_layers(labels)  # (P, T, H, W): ids 1..max, as the evaluator
+    j, f, _ = metrics.davis2017_unsupervised(pred, np.moveaxis(gt, 1, 0), void)
+    objects = [{"object": o + 1, **_stats("J", j[o]), **_stats("F", f[o])} for o in range(len(j))]
+    row: dict = {key: float(np.mean([o[key] for o in objects])) if objects else float("nan")
+                 for key in _JF_KEYS}
+    row.update(num_objects=len(objects), objects=objects)
+    if windows is not None:
+        row["J_official"] = float(official_window_j(np.moveaxis(pred, 0, 1), gt, windows).mean())
     return row
 
 
-# ----------------------------------------------------------------------------- summaries
+def _score_moca(record, labels, amodal, windows, num_layers) -> dict:
+    """MoCA: the box around the predicted mask against the annotated box, success rates."""
+    ious = []
+    for r, frame in enumerate(record.annotated):
+        box = metrics.moca_box_from_mask(labels[frame] != 0, record.image_size)
+        ious.append(0.0 if box is None else metrics.box_iou(record.boxes[r], box))
+    counts = metrics.success_counts(ious)
+    return {"box_iou_mean": float(np.mean(ious)),
+            **{f"SR_{t}": c / len(ious) for t, c in zip(metrics.MOCA_THRESHOLDS, counts)},
+            "success_counts": counts.tolist()}
+
+
+def _score_synval(record, labels, amodal, windows, num_layers) -> dict:
+    """Syn-Val: the official per-window Hungarian J of modal (and amodal) layers."""
+    gt_amodal = np.moveaxis(record.amodal, -1, 1)  # (T, O, H, W)
+    gt_modal = np.moveaxis(ground_truth_modal(record.amodal), -1, 1)
+    pred = np.moveaxis(metrics.labels_to_layers(labels, num_layers), 0, 1)  # (T, P, H, W)
+    row = {"J_modal": float(metrics.window_hungarian_iou(pred, gt_modal).mean()),
+           "num_objects": int(record.amodal.shape[-1])}
+    if amodal is not None:
+        pred_amodal = np.moveaxis(amodal, -1, 1)
+        row["J_amodal"] = float(metrics.window_hungarian_iou(pred_amodal, gt_amodal).mean())
+    return row
+
 
 def _mean(rows: Sequence[dict], key: str) -> float:
     values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
@@ -216,38 +203,48 @@ def _pooled(rows: Sequence[dict], key: str) -> float:
     return float(sum(v * n for v, n in pairs) / total) if total else float("nan")
 
 
-def summarize(dataset: str, rows: Sequence[dict]) -> dict:
-    """Dataset-level numbers from per-sequence rows, as each benchmark reports them."""
-    summary: dict = {"sequences": len(rows), "frames": int(sum(r["frames"] for r in rows))}
-    keys = ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")
-    if dataset == "davis2017m":
-        objects = [o for r in rows for o in r["objects"]]  # the evaluator averages objects.
-        summary["objects"] = len(objects)
-        summary.update({k: _mean(objects, k) for k in keys})
-        summary["JF_mean"] = (summary["J_mean"] + summary["F_mean"]) / 2
-        weighted = [(r["J_official"], r["num_objects"]) for r in rows if "J_official" in r]
-        if weighted and sum(n for _, n in weighted):
-            # The official code weights each sequence by its object count (its table of
-            # 2x / 3x / 5x sequences) to turn per-sequence IoU into an object average.
-            summary["J_official_object_weighted"] = float(
-                sum(v * n for v, n in weighted) / sum(n for _, n in weighted))
-    elif dataset in ("davis2016", "segtrackv2", "fbms59"):
-        summary.update({k: _mean(rows, k) for k in keys})  # mean of per-sequence means.
-        summary["JF_mean"] = (summary["J_mean"] + summary["F_mean"]) / 2
-        if dataset != "davis2016":
-            summary["J_framewise"] = _pooled(rows, "J_mean")
-            summary["F_framewise"] = _pooled(rows, "F_mean")
-    elif dataset == "moca":
-        counts = np.sum([r["success_counts"] for r in rows], axis=0)
-        rates = counts / max(summary["frames"], 1)
-        summary.update({f"SR_{t}": float(v) for t, v in zip(metrics.MOCA_THRESHOLDS, rates)})
-        summary["SR_mean"] = float(np.mean(rates))
-        summary["box_iou_mean"] = _mean(rows, "box_iou_mean")  # mean over videos.
-    elif dataset == "synval":
-        summary["J_modal"] = _pooled(rows, "J_modal")  # the official 'framewise' mean.
-        if any("J_amodal" in r for r in rows):
-            summary["J_amodal"] = _pooled(rows, "J_amodal")
-        summary.update(synval_breakdown(rows))
+def _summarize_sequence_means(rows: Sequence[dict]) -> dict:
+    """DAVIS 2016: the mean of per-sequence means."""
+    summary = {k: _mean(rows, k) for k in _JF_KEYS}
+    summary["JF_mean"] = (summary["J_mean"] + summary["F_mean"]) / 2
+    return summary
+
+
+def _summarize_merged(rows: Sequence[dict]) -> dict:
+    """SegTrackv2 / FBMS-59: per-sequence means, and the frame-pooled ones beside them."""
+    return {**_summarize_sequence_means(rows), "J_framewise": _pooled(rows, "J_mean"),
+            "F_framewise": _pooled(rows, "F_mean")}
+
+
+def _summarize_davis2017m(rows: Sequence[dict]) -> dict:
+    """The evaluator averages objects; the official code weights sequences by object count."""
+    objects = [o for r in rows for o in r["objects"]]
+    summary: dict = {"objects": len(objects), **{k: _mean(objects, k) for k in _JF_KEYS}}
+    summary["JF_mean"] = (summary["J_mean"] + summary["F_mean"]) / 2
+    weighted = [(r["J_official"], r["num_objects"]) for r in rows if "J_official" in r]
+    if weighted and sum(n for _, n in weighted):
+        # The official code weights each sequence by its object count (its table of
+        # 2x / 3x / 5x sequences) to turn per-sequence IoU into an object average.
+        summary["J_official_object_weighted"] = float(
+            sum(v * n for v, n in weighted) / sum(n for _, n in weighted))
+    return summary
+
+
+def _summarize_moca(rows: Sequence[dict]) -> dict:
+    """Success rates over all annotated frames; the box IoU as a mean over videos."""
+    counts = np.sum([r["success_counts"] for r in rows], axis=0)
+    rates = counts / max(int(sum(r["frames"] for r in rows)), 1)
+    summary = {f"SR_{t}": float(v) for t, v in zip(metrics.MOCA_THRESHOLDS, rates)}
+    summary.update(SR_mean=float(np.mean(rates)), box_iou_mean=_mean(rows, "box_iou_mean"))
+    return summary
+
+
+def _summarize_synval(rows: Sequence[dict]) -> dict:
+    """The official 'framewise' mean."""
+    summary = {"J_modal": _pooled(rows, "J_modal")}
+    if any("J_amodal" in r for r in rows):
+        summary["J_amodal"] = _pooled(rows, "J_amodal")
+    summary.update(synval_breakdown(rows))
     return summary
 
 
@@ -300,15 +297,77 @@ def synval_breakdown(rows: Sequence[dict]) -> dict:
     return out
 
 
-HEADLINE = {"davis2016": "J_mean", "davis2017m": "JF_mean", "segtrackv2": "J_mean",
-            "fbms59": "J_mean", "moca": "SR_mean", "synval": "J_modal"}
+_JF_KEYS = ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")
+ScoreFn = Callable[[SequenceRecord, np.ndarray, Optional[np.ndarray],
+                    Optional[Sequence[np.ndarray]], int], dict]
 
-TABLE_COLUMNS = {
-    "davis2016": ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay"),
-    "davis2017m": ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay",
-                   "J_official"),
-    "segtrackv2": ("J_mean", "F_mean"),
-    "fbms59": ("J_mean", "F_mean"),
-    "moca": ("box_iou_mean",) + tuple(f"SR_{t}" for t in metrics.MOCA_THRESHOLDS),
-    "synval": ("J_modal", "J_amodal", "num_objects", "order_right", "order_pairs"),
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRules:
+    """How one benchmark is scored and reported.
+
+    Attributes:
+      score: `(record, labels, amodal, windows, num_layers) -> row` for one sequence.
+      summarize: `rows -> summary`, averaged as the benchmark reports.
+      headline: the summary number the paper's tables show.
+      columns: the per-sequence columns of the printed table.
+    """
+
+    score: ScoreFn
+    summarize: Callable[[Sequence[dict]], dict]
+    headline: str
+    columns: tuple[str, ...]
+
+
+RULES: Mapping[str, BenchmarkRules] = {
+    "davis2016": BenchmarkRules(_score_davis2016, _summarize_sequence_means, "J_mean", _JF_KEYS),
+    "davis2017m": BenchmarkRules(_score_davis2017m, _summarize_davis2017m, "JF_mean",
+                                 _JF_KEYS + ("J_official",)),
+    "segtrackv2": BenchmarkRules(_score_merged, _summarize_merged, "J_mean", ("J_mean", "F_mean")),
+    "fbms59": BenchmarkRules(_score_merged, _summarize_merged, "J_mean", ("J_mean", "F_mean")),
+    "moca": BenchmarkRules(_score_moca, _summarize_moca, "SR_mean",
+                           ("box_iou_mean",) + tuple(f"SR_{t}" for t in metrics.MOCA_THRESHOLDS)),
+    "synval": BenchmarkRules(_score_synval, _summarize_synval, "J_modal",
+                             ("J_modal", "J_amodal", "num_objects", "order_right", "order_pairs")),
 }
+HEADLINE = {name: rules.headline for name, rules in RULES.items()}
+TABLE_COLUMNS = {name: rules.columns for name, rules in RULES.items()}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def score_sequence(record: SequenceRecord, labels: np.ndarray,
+                   amodal: Optional[np.ndarray] = None,
+                   windows: Optional[Sequence[np.ndarray]] = None,
+                   num_layers: Optional[int] = None) -> dict:
+    """Scores one sequence's predicted label maps with its benchmark's evaluator (`RULES`).
+
+    Args:
+      record: the sequence with its annotations.
+      labels: (T, H, W) uint8 predicted label maps at the annotation size (0 background).
+      amodal: (T, H, W, K) bool amodal masks (Syn-Val), or None.
+      windows: the official windows (for DAVIS2017-motion's official-code J).
+      num_layers: the model's layers K (saved masks: None, the largest label is used).
+    Returns:
+      A flat dict of numbers for the table (plus 'objects' for DAVIS2017-motion).
+    """
+    dataset = record.dataset
+    if dataset not in RULES:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    # Syn-Val layers: every label present and at least the model's K (a layer never visible
+    # is still an empty prediction in the official per-window J).
+    num_layers = max(num_layers or 0, int(labels.max(initial=0)))
+    if labels.shape[0] != record.num_frames or (
+            dataset != "moca" and labels.shape[1:] != tuple(record.annotation_size)):
+        raise ValueError(f"{record.name}: predictions of shape {labels.shape} do not match "
+                         f"{record.num_frames} frames of {record.annotation_size}")
+    row: dict = {"sequence": record.name, "frames": len(record.annotated)}
+    row.update(RULES[dataset].score(record, labels, amodal, windows, num_layers))
+    return row
+
+
+def summarize(dataset: str, rows: Sequence[dict]) -> dict:
+    """Dataset-level numbers from per-sequence rows, as each benchmark reports them."""
+    summary: dict = {"sequences": len(rows), "frames": int(sum(r["frames"] for r in rows))}
+    summary.update(RULES[dataset].summarize(rows))
+    return summary

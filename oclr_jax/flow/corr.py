@@ -112,12 +112,13 @@ def lookup_on_the_fly(fmap1: jnp.ndarray, pyramid2: Sequence[jnp.ndarray], coord
         ys, xs, fx, fy, valid_y, valid_x = _window_indices(flat_coords, radius, height, width)
         f2_flat = f2.reshape(b, height * width, d)
 
-        def block_row(row):  # one y of the block: (B, h*w, 2r+2) correlations
+        # Called right away by lax.map, inside this iteration: the loop variables are current.
+        def block_row(row):  # noqa: B023 - one y of the block: (B, h*w, 2r+2) correlations
             y_row, y_ok = row  # (B, h*w), (B, h*w)
-            index = y_row[..., None] * width + xs  # (B, h*w, 2r+2)
-            feats = jax.vmap(lambda f, i: f[i])(f2_flat, index)  # (B, h*w, 2r+2, D)
+            index = y_row[..., None] * width + xs  # noqa: B023 - (B, h*w, 2r+2)
+            feats = jax.vmap(lambda f, i: f[i])(f2_flat, index)  # noqa: B023 - (B, h*w, 2r+2, D)
             dots = jnp.einsum("bnd,bnkd->bnk", f1, feats, precision=jax.lax.Precision.HIGHEST) * scale
-            return dots * (y_ok[..., None] & valid_x)
+            return dots * (y_ok[..., None] & valid_x)  # noqa: B023
 
         rows = jax.lax.map(block_row, (jnp.moveaxis(ys, -1, 0), jnp.moveaxis(valid_y, -1, 0)))
         block = jnp.moveaxis(rows, 0, 2).reshape(b * h * w, ys.shape[-1], xs.shape[-1])

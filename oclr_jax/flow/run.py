@@ -20,7 +20,7 @@ import numpy as np
 from oclr_jax.data.flow_io import write_flo
 from oclr_jax.errors import UserError
 from oclr_jax.flow import padding
-from oclr_jax.flow.frames import FramesError, FrameSequence, output_path, plan_pairs
+from oclr_jax.flow.frames import FrameSequence, FramesError, output_path, plan_pairs
 
 _FLO_HEADER_BYTES = 12
 
@@ -136,7 +136,7 @@ def run_jobs(jobs: Sequence[Job], out_root: str, estimator, progress=None, stop=
         cache: dict[int, np.ndarray] = {}
         max_gap = max(abs(p.gap) for p in job.pairs)
 
-        def frame(index):
+        def frame(index, cache=cache, job=job):  # this job's frames, each read once
             if index not in cache:
                 cache[index] = padding.pad_images(job.sequence.read(index), *job.pads)
             return cache[index]

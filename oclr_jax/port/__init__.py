@@ -10,8 +10,15 @@
 Importing this package imports neither torch nor jax.
 """
 
-from oclr_jax.port.convert import (ModelShape, PortError, conversion_table, flax_to_torch_state_dict,
-                                   infer_flax_shape, infer_torch_shape, torch_state_dict_to_flax)
+from oclr_jax.port.convert import (
+                                   ModelConfig,
+                                   PortError,
+                                   conversion_table,
+                                   flax_to_torch_state_dict,
+                                   infer_flax_shape,
+                                   infer_torch_shape,
+                                   torch_state_dict_to_flax,
+)
 
-__all__ = ["ModelShape", "PortError", "conversion_table", "flax_to_torch_state_dict",
+__all__ = ["ModelConfig", "PortError", "conversion_table", "flax_to_torch_state_dict",
            "infer_flax_shape", "infer_torch_shape", "torch_state_dict_to_flax"]

@@ -13,8 +13,14 @@ import dataclasses
 import os
 from typing import Optional
 
-from oclr_jax.port.convert import (ModelShape, PortError, count_parameters, flax_to_torch_state_dict,
-                                   infer_flax_shape, torch_state_dict_to_flax)
+from oclr_jax.port.convert import (
+    ModelConfig,
+    PortError,
+    count_parameters,
+    flax_to_torch_state_dict,
+    infer_flax_shape,
+    torch_state_dict_to_flax,
+)
 
 
 @dataclasses.dataclass
@@ -23,7 +29,7 @@ class PortReport:
 
     source: str
     output: str
-    shape: ModelShape
+    shape: ModelConfig
     num_parameters: int
     source_format: str = ""
     iteration: Optional[int] = None
@@ -72,12 +78,11 @@ def from_torch(pth_path: str, out_dir: str, overwrite: bool = False,
     _refuse_existing(out_dir, overwrite, folder=True)
     state_dict, meta = load_torch_checkpoint_file(pth_path, trust_pickle=trust_pickle)
     try:
-        params, inferred = torch_state_dict_to_flax(state_dict)
+        params, shape = torch_state_dict_to_flax(state_dict)
     except PortError as error:
         raise PortError(f"{pth_path}: {error}", error.missing, error.unexpected,
                         error.mismatched, error.invalid) from error
-    config = config_from_inferred(inferred)
-    shape = ModelShape(**{f.name: inferred[f.name] for f in dataclasses.fields(ModelShape)})
+    config = config_from_inferred(shape)
     notes = []
     if "stripped_prefix" in meta:
         notes.append(f"removed the DataParallel prefix {meta['stripped_prefix']!r} from every name")

@@ -1,4 +1,4 @@
-"""PyTorch <-> Flax parameter conversion for OCLR (DESIGN.md §2, §7).  Pure numpy.
+"""PyTorch <-> Flax parameter conversion for OCLR (docs/port.md).  Pure numpy.
 
 One table (`conversion_table`) lists, for a given model size, every official PyTorch
 state-dict name with its shape, the Flax parameter path it maps to, and the layout change:
@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from oclr_jax.config.model import ModelConfig
 from oclr_jax.errors import UserError
 
 
@@ -37,41 +38,6 @@ class PortError(UserError, ValueError):
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)  # (name, expected shape, found shape)
         self.invalid = list(invalid)  # (name, reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelShape:
-    """The sizes that fix the parameter shapes (defaults: the official OCLR(4, 3)).
-
-    Attributes:
-      in_channels: input channels, 2 per flow gap.
-      unet_features: f; transformer width c = 16 f.
-      num_queries: K object layers (= the official num_query and out_channels).
-      num_layers: transformer encoder and decoder layers each.
-      num_heads: G; also the groups of the attention-map head (its input is K*G wide).
-      ff_dim: feed-forward hidden width (official: fixed 512).
-    """
-
-    in_channels: int = 4
-    unet_features: int = 32
-    num_queries: int = 3
-    num_layers: int = 3
-    num_heads: int = 8
-    ff_dim: int = 512
-
-    @property
-    def width(self) -> int:
-        """Transformer width c = 16 f."""
-        return 16 * self.unet_features
-
-    def model_kwargs(self) -> dict:
-        """Keyword arguments of `oclr_jax.model.OCLR` for this size."""
-        return dict(num_queries=self.num_queries, unet_features=self.unet_features,
-                    num_layers=self.num_layers, num_heads=self.num_heads, ff_dim=self.ff_dim,
-                    in_channels=self.in_channels)
-
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +110,7 @@ def _transformer_layer(torch_prefix, flax_prefix, width, ff_dim, decoder):
     return rules
 
 
-def conversion_table(shape: ModelShape) -> list:
+def conversion_table(shape: ModelConfig) -> list:
     """Every parameter of OCLR at `shape`, in the official state-dict order."""
     f, c, k = shape.unet_features, shape.width, shape.num_queries
     rules = []
@@ -207,10 +173,10 @@ _TORCH_LAYER = [re.compile(r"transformer_(enc|dec)\.transformer_(encoder|decoder
 _FLAX_LAYER = [re.compile(r"transformer_(enc|dec)/transformer_(encoder|decoder)/layers_(\d+)/")]
 
 
-def _infer(shapes: Mapping[str, tuple], sources: dict, layer_patterns) -> ModelShape:
+def _infer(shapes: Mapping[str, tuple], sources: dict, layer_patterns) -> ModelConfig:
     """Reads the sizes off the tensor shapes; a size whose sources are all absent keeps its
     default (validation then reports the missing tensors)."""
-    default = ModelShape()
+    default = ModelConfig()
     found = {}
     for field, candidates in sources.items():
         for name, axis in candidates:
@@ -237,7 +203,7 @@ def _infer(shapes: Mapping[str, tuple], sources: dict, layer_patterns) -> ModelS
     if num_heads <= 0 or (16 * unet_features) % num_heads:
         raise PortError(f"inferred num_heads={num_heads} does not divide the transformer width "
                         f"{16 * unet_features} (16 x unet_features={unet_features})")
-    return ModelShape(in_channels=found.get("in_channels", default.in_channels),
+    return ModelConfig(in_channels=found.get("in_channels", default.in_channels),
                       unet_features=unet_features, num_queries=num_queries,
                       num_layers=num_layers, num_heads=num_heads,
                       ff_dim=found.get("ff_dim", default.ff_dim))
@@ -247,7 +213,7 @@ def _array_shapes(arrays: Mapping[str, Any]) -> dict:
     return {name: tuple(np.shape(value)) for name, value in arrays.items()}
 
 
-def infer_torch_shape(state_dict: Mapping[str, Any]) -> ModelShape:
+def infer_torch_shape(state_dict: Mapping[str, Any]) -> ModelConfig:
     """Model sizes of an official-layout state dict (numpy arrays or anything with a shape)."""
     return _infer(_array_shapes(state_dict), _TORCH_SOURCES, _TORCH_LAYER)
 
@@ -282,7 +248,7 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict:
     return tree
 
 
-def infer_flax_shape(params: Mapping[str, Any]) -> ModelShape:
+def infer_flax_shape(params: Mapping[str, Any]) -> ModelConfig:
     """Model sizes of a Flax OCLR params tree."""
     return _infer(_array_shapes(flatten_params(params)), _FLAX_SOURCES, _FLAX_LAYER)
 
@@ -350,27 +316,22 @@ def _owned(value: np.ndarray) -> np.ndarray:
     return np.array(value, dtype=np.float32, order="C", copy=True)
 
 
-def target_param_shapes(shape: ModelShape) -> dict:
+def target_param_shapes(shape: ModelConfig) -> dict:
     """{'a/b/kernel': shape} of an `init`-ed (abstractly: `jax.eval_shape`) Flax OCLR."""
-    import jax  # imported here: the table itself needs only numpy.
-    import jax.numpy as jnp
+    from oclr_jax.model import abstract_params, build_model  # jax: the table needs numpy only
 
-    from oclr_jax.model import OCLR
-
-    model = OCLR(**shape.model_kwargs())
-    flow = jax.ShapeDtypeStruct((1, 2, 16, 16, shape.in_channels), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x, train=False), flow)
-    return {name: tuple(leaf.shape) for name, leaf in flatten_params(variables["params"]).items()}
+    params = abstract_params(build_model(shape))
+    return {name: tuple(leaf.shape) for name, leaf in flatten_params(params).items()}
 
 
 def torch_state_dict_to_flax(state_dict: Mapping[str, Any], check_target: bool = True):
-    """Official-layout state dict {name: array} -> (Flax params, inferred OCLR kwargs).
+    """Official-layout state dict {name: array} -> (Flax params, inferred `ModelConfig`).
 
     The sizes are inferred from the tensors, the whole dict is validated against the table
     (PortError lists every problem), and with `check_target` the result is compared with the
     params tree of an abstractly initialised `oclr_jax.model.OCLR`.  Params are nested dicts of
-    float32 numpy arrays; the kwargs (num_queries, unet_features, num_layers, num_heads, ff_dim,
-    in_channels) build the matching `OCLR(**kwargs)`.
+    float32 numpy arrays; the `ModelConfig` holds the inferred sizes (its other fields are the
+    official defaults) and `oclr_jax.model.build_model` builds the matching network.
     """
     shape = infer_torch_shape(state_dict)
     table = conversion_table(shape)
@@ -381,7 +342,7 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any], check_target: bool =
     if check_target:
         check_arrays(flat, target_param_shapes(shape), "converted Flax params",
                      hint="the conversion table disagrees with oclr_jax.model.OCLR; this is a bug in the port")
-    return unflatten_params(flat), shape.model_kwargs()
+    return unflatten_params(flat), shape
 
 
 def flax_to_torch_state_dict(params: Mapping[str, Any]) -> dict:

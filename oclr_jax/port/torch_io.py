@@ -10,24 +10,47 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
+from oclr_jax.atomic import atomic_file
 from oclr_jax.port.convert import PortError
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 _DATA_PARALLEL_PREFIX = "module."
 
 
-def _import_torch():
+def _import_torch(error_type: type = PortError):
     try:
         import torch
     except ImportError as error:  # pragma: no cover - depends on the environment.
-        raise PortError("reading or writing .pth files needs PyTorch: pip install 'oclr-jax[torch]' "
-                        "(torch==2.13.0)") from error
+        raise error_type("reading or writing .pth files needs PyTorch: pip install "
+                         "'oclr-jax[torch]' (torch==2.13.0)") from error
     return torch
+
+
+def torch_load(path: str, trust_pickle: bool = False, *, error_type: type = PortError,
+               missing: str = "no such file", unreadable: str = "not a readable PyTorch checkpoint",
+               pickle_hint: str = " If the file comes from a trusted source and holds pickled "
+                                  "Python objects, retry with --trust-pickle."):
+    """`torch.load` on CPU, the one way the package reads a `.pth` (OCLR and DINO weights).
+
+    Only tensors and containers are unpickled unless `trust_pickle` (files from a trusted
+    source).  A missing or unreadable file raises `error_type` naming the file, with
+    `pickle_hint` added when pickled objects may be the cause.
+    """
+    torch = _import_torch(error_type)
+    if not os.path.isfile(path):
+        raise error_type(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as error:  # torch raises many types for foreign or corrupt files.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in reason:  # torch's advice to unpickle anyway: ours is pickle_hint.
+            reason = "not a weights-only state dict, or not a PyTorch file at all"
+        raise error_type(f"{path}: {unreadable} ({type(error).__name__}: {reason[:300]})."
+                         f"{'' if trust_pickle else pickle_hint}") from error
 
 
 def _is_tensor_dict(obj, torch) -> bool:
@@ -86,35 +109,16 @@ def load_torch_checkpoint_file(path: str, trust_pickle: bool = False, model_name
     Raises PortError naming the file when it is missing or not a checkpoint; `pickle_hint` is
     the flag to suggest for pickled files (None where the command has no such flag).
     """
-    torch = _import_torch()
-    if not os.path.isfile(path):
-        raise PortError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as error:  # torch raises many types for foreign or corrupt files.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in reason:  # torch's advice to unpickle anyway: ours follows below.
-            reason = "not a weights-only state dict, or not a PyTorch file at all"
-        hint = ("" if trust_pickle or not pickle_hint else " If the file comes from a trusted "
-                f"source and holds pickled Python objects, retry with {pickle_hint}.")
-        raise PortError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
-                        f"{reason[:300]}).{hint}") from error
-    return extract_state_dict(obj, path, model_name)
+    hint = (f" If the file comes from a trusted source and holds pickled Python objects, retry "
+            f"with {pickle_hint}." if pickle_hint else "")
+    return extract_state_dict(torch_load(path, trust_pickle, pickle_hint=hint), path, model_name)
 
 
 def atomic_torch_save(obj, path: str) -> None:
     """torch.save to a temporary file in the target folder, then rename: never half-written."""
     torch = _import_torch()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str,

@@ -310,7 +310,8 @@ class TorchOCLR(nn.Module):
         super().__init__()
         width = 16 * unet_features
         if width % num_heads:
-            raise ValueError(f"transformer width {width} (16 x unet_features) is not divisible by num_heads={num_heads}")
+            raise ValueError(f"transformer width {width} (16 x unet_features) is not divisible by "
+                             f"num_heads={num_heads}")
         self.num_query = num_query
         self.encoder = UNetEncoder(in_channels, unet_features)
         self.transformer_enc = BTNTransformerEnc(width, num_layers, num_heads, ff_dim, dropout, same_frame_mask)

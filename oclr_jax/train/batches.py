@@ -55,10 +55,7 @@ def _render_example(config, split: str, index: int) -> dict:
                          f"model.num_queries={num_layers}")
     amodal = np.zeros(sequence.amodal.shape[:3] + (num_layers,), np.float32)
     amodal[..., :count] = sequence.amodal
-    # Modal targets as the official trainer derives them: higher channel in front.
-    in_front = np.cumsum(amodal[..., ::-1], axis=-1)[..., ::-1] - amodal
-    return {"flow": flow.astype(np.float32), "amodal": amodal,
-            "modal": amodal * (in_front == 0), "num_objects": np.int32(count)}
+    return {"flow": flow.astype(np.float32), "amodal": amodal, "num_objects": np.int32(count)}
 
 
 def _stack(examples: list[dict]) -> dict:

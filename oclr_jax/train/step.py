@@ -24,8 +24,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from oclr_jax import compose, losses, matching, sharding
+from oclr_jax.model import init_key, new_params
 from oclr_jax.train import optim
-from oclr_jax.model import init_key
 
 TRAIN_KEYS = ("flow", "amodal")  # what the train step reads from a batch.
 EVAL_KEYS = ("flow", "amodal", "weight")
@@ -64,12 +64,8 @@ def compiler_options_for(config, extra: Optional[Mapping] = None) -> Optional[di
 
 
 def _init_state(model, tx, key: jax.Array, in_channels: int) -> TrainState:
-    # Params do not depend on T, H or W, so a (1, 1, 16, 16, C) input is enough.
     params_key, dropout_key = jax.random.split(key)
-    flow = jnp.zeros((1, 1, 16, 16, in_channels), jnp.float32)
-    # An rbg key for the initialisers: XLA on CPU compiles threefry samplers for ~130 params
-    # in minutes, rbg ones in seconds (see oclr_jax.model.init_key).
-    params = model.init({"params": init_key(params_key)}, flow, train=False)["params"]
+    params = new_params(model.clone(in_channels=in_channels), params_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=dropout_key)
 
@@ -211,7 +207,7 @@ def make_eval_step(model, config, mesh: Mesh,
         per_sample_loss = jax.vmap(sample_loss)(amodal_logits, order_logits, batch["amodal"])
         amodal_j, _ = matching.hungarian_iou(jax.nn.sigmoid(amodal_logits), gt_amodal)
         modal_pred = compose.hard_modal_masks(amodal_logits, order_logits).astype(jnp.float32)
-        modal_j, _ = matching.hungarian_iou(modal_pred, losses.ground_truth_modal(gt_amodal))
+        modal_j, _ = matching.hungarian_iou(modal_pred, compose.ground_truth_modal(gt_amodal))
         return {
             "loss": jnp.sum(weight * per_sample_loss),
             "amodal_j": jnp.sum(weight * jnp.mean(amodal_j, axis=1)),

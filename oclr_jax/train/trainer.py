@@ -27,19 +27,34 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 from oclr_jax import sharding
+from oclr_jax.atomic import atomic_write_text
+from oclr_jax.checkpoint import save_checkpoint
+from oclr_jax.config.loading import load_config, parse_value, split_config_overrides
+from oclr_jax.data.official_layout import LayoutError
+from oclr_jax.errors import UserError
 from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import optim
 from oclr_jax.train.state_io import CHECKPOINT_DIR, checkpoint_manager, restore_latest, save_state
-from oclr_jax.train.step import (EVAL_KEYS, TRAIN_KEYS, TrainState, abstract_train_state,
-                                 compiler_options_for, init_train_state, make_eval_step,
-                                 make_train_step, select_keys)
+from oclr_jax.train.step import (
+    EVAL_KEYS,
+    TRAIN_KEYS,
+    TrainState,
+    abstract_train_state,
+    compiler_options_for,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    select_keys,
+)
 
 MODEL_DIR = "model"
 # Not config.json: `checkpoint.load_checkpoint` takes a folder holding config.json for a model.
@@ -87,8 +102,6 @@ class _Preemption:
     def reached(self, step: int) -> bool:
         """Call once per step on every process."""
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.reached_preemption_sync_point(step)
         return self.event.is_set()
 
@@ -121,10 +134,7 @@ def write_config_record(config, workdir: str) -> None:
             raise ValueError(f"{path}: this workdir trained a different model "
                              f"({previous.get('model')}); use a new --workdir")
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True, default=list)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=list))
 
 
 def _mean_metrics(history: list[dict]) -> dict:
@@ -154,8 +164,6 @@ def _write(writer, prefix: str, values: dict, step: int) -> None:
 def _train_loop(config, state, batches, train_step, eval_step, val_batches, manager, writer,
                 mesh, last_step: int):
     """Steps `state` to `last_step` (or a preemption).  Returns (state, preempted)."""
-    from tqdm import tqdm
-
     train = config.train
     start_step, num_steps = int(jax.device_get(state.step)), int(train.num_steps)
     rows = sharding.process_batch_size(train.batch_size)
@@ -245,8 +253,6 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
                  if config.train.eval_every else None)
     writer = None
     if jax.process_index() == 0:
-        from tensorboardX import SummaryWriter
-
         writer = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR))
     logging.info("training steps %d -> %d on %d devices (%d processes)", start_step, last_step,
                  mesh.size, jax.process_count())
@@ -292,44 +298,13 @@ def warm_start_params(state: TrainState, config, path: str, mesh) -> TrainState:
 
 
 def export_model(params, config, workdir: str) -> str:
-    """`DIR/model/`: params + config for eval, the port and the demo (process 0 writes).
-
-    `checkpoint.save_checkpoint` uses orbax, whose savers wait at barriers for every process
-    of a multi-process job; only process 0 exports, so there it runs in a fresh
-    single-process interpreter instead (same function, same layout).
-    """
+    """`DIR/model/`: params + config for eval, the port and the demo (process 0 writes, from
+    its own replica; `save_checkpoint` waits for no other process)."""
     path = os.path.join(os.path.abspath(workdir), MODEL_DIR)
-    if jax.process_index() != 0:
-        return path
-    host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
-    if jax.process_count() == 1:
-        from oclr_jax.checkpoint import save_checkpoint
-
+    if jax.process_index() == 0:
+        host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
         save_checkpoint(path, host_params, config, overwrite=True)
-        return path
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
-            f.write(flax.serialization.msgpack_serialize(host_params))
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            json.dump(config.to_dict(), f, default=list)
-        env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-        subprocess.run([sys.executable, "-m", "oclr_jax.train", "--export_only", tmp, path],
-                       check=True, env=env)
     return path
-
-
-def _export_from_files(tmp: str, path: str) -> None:
-    """Child side of `export_model` for multi-process jobs."""
-    from oclr_jax.checkpoint import config_from_json, save_checkpoint
-
-    with open(os.path.join(tmp, "params.msgpack"), "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
-    with open(os.path.join(tmp, CONFIG_FILE)) as f:
-        config = config_from_json(f.read())
-    save_checkpoint(path, params, config, overwrite=True)
 
 
 def initialize_distributed(args) -> None:
@@ -342,8 +317,6 @@ def initialize_distributed(args) -> None:
 
 
 def _parse_args(argv):
-    from oclr_jax.config.loading import split_config_overrides
-
     overrides, rest = split_config_overrides(argv)
     parser = argparse.ArgumentParser(
         prog="python -m oclr_jax.train", description=__doc__.split("\n\n")[0],
@@ -417,17 +390,11 @@ def check_inputs(config, workdir: str) -> None:
 
 
 def main(argv=None) -> int:
-    from oclr_jax.config.loading import load_config, parse_value
-    from oclr_jax.data.input_pipeline import DataReadError
-    from oclr_jax.data.official_layout import LayoutError
-    from oclr_jax.errors import UserError
-
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--export_only"]:  # internal: see export_model
-        _export_from_files(*argv[1:3])
-        return 0
     args, overrides = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing orbax (absl) has already given the root logger a WARNING handler.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     config = load_config(args.config, overrides)  # ConfigError is a UserError
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UserError(f"must be at least 1, got {args.stop_at_step}", "--stop_at_step")
@@ -449,7 +416,12 @@ def main(argv=None) -> int:
     try:
         state = train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step,
                                    compiler_options=compiler_options or None)
-    except (DataReadError, LayoutError) as e:  # a bad file met during training
+    except LayoutError as e:  # a bad file met during training
+        raise UserError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the input pipeline (TF, imported lazily) names it
+        from oclr_jax.data.input_pipeline import DataReadError
+        if not isinstance(e, DataReadError):
+            raise
         raise UserError(str(e)) from None
     if _Preemption.signum is not None and int(jax.device_get(state.step)) < int(
             config.train.num_steps):

@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oclr_jax.tta import preprocess
-from oclr_jax.tta.finetune import (FinetuneSettings, finetune_last_blocks, head_features,
-                                   l2_normalize)
+from oclr_jax.tta.finetune import FinetuneSettings, finetune_last_blocks, head_features, l2_normalize
 from oclr_jax.tta.keyframe import select_keyframe
 from oclr_jax.tta.loss import trimap
 from oclr_jax.tta.propagation import consistency_errors, propagate_from_keyframe

@@ -20,14 +20,14 @@ unexpected, mismatched or non-finite tensor.  torch is imported only to read or 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from oclr_jax.errors import UserError
+from oclr_jax.port import torch_io
 from oclr_jax.tta.vit import VisionTransformer, vit_param_shapes
 
 IGNORED_PREFIXES = ("head.",)  # DINO's projection head in training checkpoints
@@ -79,26 +79,6 @@ def _to_flax_layout(array: np.ndarray, kind: str) -> np.ndarray:
     return array.T if kind == "dense" else array
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _as_numpy(value) -> np.ndarray | None:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu()
@@ -145,7 +125,7 @@ def _report(source: str, model: VisionTransformer, missing, unexpected, mismatch
 def state_dict_to_flax(state_dict: Mapping, model: VisionTransformer,
                        source: str = "state_dict") -> dict:
     """Flax params of `model` from a DINO backbone state_dict (validated against the table)."""
-    flat_target = _flatten(vit_param_shapes(model))
+    flat_target = traverse_util.flatten_dict(vit_param_shapes(model))
     names = {torch_name(path): path for path in flat_target}
     missing = sorted(name for name in names if name not in state_dict)
     unexpected = sorted(name for name in state_dict
@@ -167,7 +147,7 @@ def state_dict_to_flax(state_dict: Mapping, model: VisionTransformer,
             flat[path] = np.ascontiguousarray(_to_flax_layout(array, kind), np.float32)
     if missing or unexpected or mismatched or invalid:
         _report(source, model, missing, unexpected, mismatched, invalid)
-    return _unflatten(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
@@ -176,25 +156,16 @@ def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
     return {torch_name(path): np.array(
                 _to_torch_layout(np.asarray(value, np.float32), _kind(path, np.ndim(value))),
                 np.float32, order="C")
-            for path, value in _flatten(params).items()}
+            for path, value in traverse_util.flatten_dict(params).items()}
 
 
 def read_torch_checkpoint(path: str, allow_pickle: bool = False) -> Mapping:
     """`torch.load` on CPU; only tensors and containers unless `allow_pickle` (trusted files)."""
-    if not os.path.isfile(path):
-        raise DinoCheckpointError(f"{path}: DINO checkpoint not found")
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-        raise ImportError("reading a .pth DINO checkpoint needs torch: "
-                          "pip install torch==2.13.0 (the optional [torch] extra)") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as error:  # torch raises several types for corrupt or pickled files
-        hint = ("" if allow_pickle else "; a DINO training checkpoint (with 'args') needs "
-                "allow_pickle=True, only for files you trust")
-        raise DinoCheckpointError(f"{path}: cannot read as a PyTorch checkpoint: "
-                                  f"{type(error).__name__}: {error}{hint}") from error
+    return torch_io.torch_load(
+        path, allow_pickle, error_type=DinoCheckpointError, missing="DINO checkpoint not found",
+        unreadable="cannot read as a PyTorch checkpoint",
+        pickle_hint=" A DINO training checkpoint (with 'args') needs allow_pickle=True, only "
+                    "for files you trust.")
 
 
 def load_dino_params(path: str, model: VisionTransformer, checkpoint_key: str | None = "teacher",
@@ -205,18 +176,5 @@ def load_dino_params(path: str, model: VisionTransformer, checkpoint_key: str | 
 
 
 def save_dino_state_dict(path: str, params: Mapping) -> None:
-    """Writes Flax params as a DINO `.pth` state_dict (atomically: temp file + rename)."""
-    import torch  # pylint: disable=import-outside-toplevel
-
-    state_dict = {name: torch.from_numpy(array) for name, array in
-                  flax_to_state_dict(params).items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, suffix=".pth.tmp")
-    os.close(handle)
-    try:
-        torch.save(state_dict, temp_path)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    """Writes Flax params as a DINO `.pth` state_dict (atomically)."""
+    torch_io.save_torch_state_dict(flax_to_state_dict(params), path, wrap=False)

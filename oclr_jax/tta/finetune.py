@@ -9,7 +9,9 @@ Facts (paper App. C, official `dino/dino_funetuning.py`):
     random order each epoch (the official loader shuffles); tri-maps from the flow masks;
   * Adam (torch defaults: b1 0.9, b2 0.999, eps 1e-8), learning rate 1e-5 decayed linearly to 0
     over 1000 iterations (paper).  `lr_schedule="warmup_constant"` is the official code's
-    schedule instead: 0 -> 1e-5 linearly over the first 100 iterations, then constant;
+    schedule instead, as it runs: the optimizer is built with 1e-5 and the warm-up rate is set
+    AFTER each step, so the steps use 1e-5, 0, 1e-7, ..., 0.99e-5 (step 100) and 0.99e-5 from
+    then on (`official_warmup_schedule`);
   * frozen parameters are masked with `optax.multi_transform(..., set_to_zero())`: no Adam
     state is kept for them and they never move.
 
@@ -56,13 +58,27 @@ class FinetuneSettings:
                       for field in dataclasses.fields(cls)})
 
 
+def official_warmup_schedule(learning_rate: float, warmup_iterations: int) -> optax.Schedule:
+    """The official fine-tuning's rates, step by step (`dino_funetuning.py`).
+
+    Adam starts with `lr = learning_rate`; after step `it < warmup` the loop sets
+    `lr = learning_rate * it / warmup` for the NEXT step.  So step 0 uses `learning_rate`, step
+    n in [1, warmup] uses `learning_rate * (n - 1) / warmup`, and every later step keeps the last
+    value set, `learning_rate * (warmup - 1) / warmup`.
+    """
+    def schedule(count):
+        ramp = learning_rate * jnp.minimum(count - 1, warmup_iterations - 1) / warmup_iterations
+        return jnp.where(count == 0, learning_rate, ramp)
+
+    return schedule
+
+
 def learning_rate_schedule(settings: FinetuneSettings) -> optax.Schedule:
     """Learning rate as a function of the iteration (see module docstring)."""
     if settings.lr_schedule == "linear_decay":
         return optax.linear_schedule(settings.learning_rate, 0.0, settings.num_iterations)
     if settings.lr_schedule == "warmup_constant":
-        # linear_schedule holds its end value after transition_steps: warm-up, then constant.
-        return optax.linear_schedule(0.0, settings.learning_rate, settings.warmup_iterations)
+        return official_warmup_schedule(settings.learning_rate, settings.warmup_iterations)
     raise ValueError(f"unknown lr_schedule {settings.lr_schedule!r}; expected one of {SCHEDULES}")
 
 

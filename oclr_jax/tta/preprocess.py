@@ -4,8 +4,8 @@
     (DAVIS 480x854 -> 480x832, a 60x104 patch grid); cv2 bilinear resize of the uint8 frame,
     /255, per-channel (x - mean) / std with the official mean/std (std 0.228 for red).
   * Flow masks: modal (non-overlapping) layer masks `(T, H, W, K)` -> a label map (0 background,
-    k + 1 for layer k) -> nearest-neighbour resample to the patch grid (PIL's rule, source
-    index floor((i + 0.5) * in / out)) -> one-hot `(T, h, w, 1 + K)`.
+    k + 1 for layer k) -> nearest-neighbour resample to the patch grid (PIL's rule,
+    `resample.pil_nearest_indices`) -> one-hot `(T, h, w, 1 + K)`.
   * Back: soft labels on the grid -> bilinear x patch (align_corners=False) -> each channel
     min-max normalised over the frame -> argmax -> nearest resample to the mask size.
 """
@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from oclr_jax import resample
 
 
 def model_input_size(height: int, width: int, short_side: int = 480,
@@ -61,23 +62,13 @@ def normalize_frames(rgb_frames: np.ndarray, size_hw: tuple[int, int],
     height, width = size_hw
     out = np.empty((len(rgb_frames), height, width, 3), np.float32)
     for t, frame in enumerate(rgb_frames):
-        if frame.shape[:2] != (height, width):
-            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[t] = frame.astype(np.float32) / 255.0
+        out[t] = resample.bilinear(frame, size_hw).astype(np.float32) / 255.0
     return (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """PIL's nearest-neighbour source index for each output index."""
-    index = np.floor((np.arange(out_size) + 0.5) * (in_size / out_size)).astype(np.int64)
-    return np.minimum(index, in_size - 1)
-
-
 def resize_nearest(array: np.ndarray, size_hw: tuple[int, int], axes=(1, 2)) -> np.ndarray:
-    """Nearest-neighbour resample of two axes of an array (labels or masks)."""
-    rows = nearest_indices(array.shape[axes[0]], size_hw[0])
-    cols = nearest_indices(array.shape[axes[1]], size_hw[1])
-    return np.take(np.take(array, rows, axis=axes[0]), cols, axis=axes[1])
+    """PIL's nearest-neighbour resample (the official code's) of two axes (labels or masks)."""
+    return resample.resize_nearest(array, size_hw, resample.pil_nearest_indices, axes)
 
 
 def masks_to_labels(flow_masks: np.ndarray) -> np.ndarray:
@@ -109,9 +100,8 @@ def _min_max_normalise(soft: jax.Array, min_peak: float) -> jax.Array:
 def _grid_to_image_labels(soft_labels: jax.Array, min_peak: jax.Array,
                           patch_size: int) -> jax.Array:
     """Soft grid labels `(B, h, w, C)` -> argmax labels at `(B, h*p, w*p)` (official rule)."""
-    batch, h, w, channels = soft_labels.shape
-    upsampled = jax.image.resize(soft_labels, (batch, h * patch_size, w * patch_size, channels),
-                                 method="linear")  # half-pixel centres = align_corners=False
+    _, h, w, _ = soft_labels.shape
+    upsampled = resample.upsample_linear(soft_labels, (h * patch_size, w * patch_size))
     return jnp.argmax(_min_max_normalise(upsampled, min_peak), axis=-1).astype(jnp.int32)
 
 

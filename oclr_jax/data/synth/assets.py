@@ -48,7 +48,7 @@ def list_videos(folder: str) -> tuple[str, ...]:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"background video folder {folder} does not exist")
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         found += [os.path.join(root, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
         if root != folder and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
             found.append(root)

@@ -8,14 +8,14 @@ normaliser for the whole sheet so speeds compare across frames), each amodal lay
 from __future__ import annotations
 
 import os
-import tempfile
 
 import cv2
 import numpy as np
 
+from oclr_jax.atomic import atomic_write_bytes
 from oclr_jax.data.flow_viz import colour_wheel_legend, flow_to_rgb
+from oclr_jax.data.masks_io import davis_palette
 from oclr_jax.data.synth.render import SyntheticSequence
-from oclr_jax.data.synth.writer import davis_palette
 
 HEADER = 22  # pixels of column titles
 
@@ -69,18 +69,8 @@ def contact_sheet(seq: SyntheticSequence, num_frames: int = 6) -> np.ndarray:
 
 def save_image(path: str, rgb: np.ndarray) -> None:
     """Writes an RGB image atomically (format from the extension)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     extension = os.path.splitext(path)[1] or ".png"
     ok, buffer = cv2.imencode(extension, np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot write {extension} images")
-    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.tobytes())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    atomic_write_bytes(path, buffer.tobytes())

@@ -19,6 +19,7 @@ import traceback
 
 from tqdm import tqdm
 
+from oclr_jax.atomic import atomic_write_text
 from oclr_jax.data.synth.plan import SPLITS, spec_for_index
 from oclr_jax.data.synth.render import GENERATOR_VERSION, render_sequence
 from oclr_jax.data.synth.scene import RenderOptions
@@ -132,10 +133,7 @@ def check_manifest(out_dir: str, expected: dict) -> None:
         raise ValueError(f"--out {out_dir}: cannot create the folder ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK):
         raise ValueError(f"--out {out_dir}: folder is not writable")
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w") as f:
-        json.dump(expected, f, indent=1, sort_keys=True)
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(expected, indent=1, sort_keys=True))
 
 
 def _run(job: _Job, writer: SequenceWriter, index: int) -> str:

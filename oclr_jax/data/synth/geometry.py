@@ -9,7 +9,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
 CHUNK = 16384  # points per vectorised pass: float64 temporaries of 128 KiB stay in the L2 cache
 
 

@@ -84,7 +84,7 @@ def deformed_canonical_boxes(motion, distance: np.ndarray, to_image: np.ndarray,
     point_frames = np.concatenate([np.full(len(lattice), t) for t, (lattice, _, _) in zip(frames, lattices)])
     coarse_all = motion.inverse_at(point_frames, apply_homography(to_image, points))
     maps, candidates, offset = {}, [], 0
-    for t, (lattice, rows, cols) in zip(frames, lattices):
+    for t, (_points, rows, cols) in zip(frames, lattices):
         top, left, bottom, right = boxes[t]
         height, width = bottom - top, right - left
         coarse = coarse_all[offset:offset + rows * cols].reshape(rows, cols, 2)

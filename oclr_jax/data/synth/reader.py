@@ -12,6 +12,7 @@ import os
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.synth.render import SyntheticSequence
@@ -74,8 +75,6 @@ def read_sequence(split_dir: str, name: str) -> SyntheticSequence:
 
 
 def _palette_indices(path: str) -> np.ndarray:
-    from PIL import Image  # local: only the reader needs Pillow
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: missing modal annotation")
     with Image.open(path) as image:

@@ -19,8 +19,7 @@ import cv2
 import numpy as np
 
 from oclr_jax.data.synth.backgrounds import Layer, VideoBackground, estimate_flows
-from oclr_jax.data.synth.geometry import (apply_homography, frame_runs, homography_flow_grid,
-                                          pixel_grid_matrix)
+from oclr_jax.data.synth.geometry import apply_homography, frame_runs, homography_flow_grid, pixel_grid_matrix
 from oclr_jax.data.synth.plan import SequenceSpec
 from oclr_jax.data.synth.sampling import blend, sample_sequence
 from oclr_jax.data.synth.scene import RenderOptions, Scene, build_scene

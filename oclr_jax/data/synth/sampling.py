@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from oclr_jax.data.synth.backgrounds import Layer
-from oclr_jax.data.synth.inverse import deformed_canonical_boxes, support_distance
 from oclr_jax.data.synth.geometry import apply_homography, translation
+from oclr_jax.data.synth.inverse import deformed_canonical_boxes, support_distance
 
 
 @dataclasses.dataclass

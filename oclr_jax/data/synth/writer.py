@@ -32,6 +32,7 @@ import numpy as np
 
 from oclr_jax.data import flow_io
 from oclr_jax.data.flow_viz import flow_to_rgb
+from oclr_jax.data.masks_io import davis_palette
 from oclr_jax.data.synth.png import encode_rows, unfiltered_rows
 from oclr_jax.data.synth.render import SyntheticSequence
 
@@ -47,21 +48,7 @@ def frame_name(t: int) -> str:
     return f"{t:05d}"
 
 
-def davis_palette() -> np.ndarray:
-    """The 256-entry DAVIS/PASCAL palette `(256, 3)` uint8: 1 = [128,0,0], 2 = [0,128,0],
-    3 = [128,128,0], ... (the colours the official Syn loader matches)."""
-    palette = np.zeros((256, 3), np.uint8)
-    for index in range(256):
-        value, shift = index, 7
-        while value:
-            for channel in range(3):
-                palette[index, channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-            shift -= 1
-    return palette
-
-
-_PALETTE = davis_palette()
+_PALETTE = davis_palette()  # 1 = [128,0,0], 2 = [0,128,0], ...: what the official Syn loader matches
 
 
 def metadata_path(out_dir: str, name: str) -> str:

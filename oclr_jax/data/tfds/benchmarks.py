@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from oclr_jax import resample
 from oclr_jax.data import benchmarks, flow_codec, flow_io
 
 FLOW_GAPS = (1, -1)
@@ -96,7 +97,7 @@ def read_flows(record: benchmarks.SequenceRecord,
                     f"{path}: flow of size {flow.shape[:2]}, but {first[1]} of the same sequence "
                     f"is {first[0]}")
             flow_io.check_flow_size(flow.shape[:2], record.image_size, path)
-            frames.append(flow_io.resize_flow(flow, *resolution))
+            frames.append(resample.resize_flow(flow, *resolution))
         per_gap.append(np.stack(frames))
     return np.concatenate(per_gap, axis=-1), first[0]
 

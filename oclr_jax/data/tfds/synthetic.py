@@ -55,6 +55,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from oclr_jax.data import flow_codec, official_layout
+from oclr_jax.data.tf_devices import hide_accelerators_from_tf
 
 FLOW_GAPS = (1, -1)          # The gaps stored, in channel order.
 MAX_OBJECTS = 8              # Bits of the uint8 amodal bit planes.
@@ -298,10 +299,8 @@ class OclrSynthetic(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format=file_format, **kwargs)
 
     def download_and_prepare(self, *, download_config=None, file_format=None, **kwargs):
-        from oclr_jax.data import input_pipeline
-
         # `tfds build` does not hide accelerators; TF must not take their memory here either.
-        input_pipeline.hide_accelerators_from_tf()
+        hide_accelerators_from_tf()
         download_config = with_explicit_beam_options(download_config)
         self._download_config = download_config
         # ArrayRecord by default: the input pipeline needs random access.
