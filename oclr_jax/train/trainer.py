@@ -393,7 +393,6 @@ def check_inputs(config, workdir: str) -> None:
 
 def main(argv=None) -> int:
     from oclr_jax.config.loading import load_config, parse_value
-    from oclr_jax.data.input_pipeline import DataReadError
     from oclr_jax.data.official_layout import LayoutError
     from oclr_jax.errors import UserError
 
@@ -424,8 +423,16 @@ def main(argv=None) -> int:
     try:
         state = train_and_evaluate(config, args.workdir, stop_at_step=args.stop_at_step,
                                    compiler_options=compiler_options or None)
-    except (DataReadError, LayoutError) as e:  # a bad file met during training
+    except LayoutError as e:  # a bad file met during training
         raise UserError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - tf.data wraps a bad file in a TF OpError
+        pipeline = sys.modules.get("oclr_jax.data.input_pipeline")  # loaded if TF reads data
+        if pipeline is not None:
+            try:
+                pipeline.raise_recorded_read_error(e)
+            except pipeline.DataReadError as data_error:
+                raise UserError(str(data_error)) from None
+        raise
     if _Preemption.signum is not None and int(jax.device_get(state.step)) < int(
             config.train.num_steps):
         print(f"interrupted ({signal.Signals(_Preemption.signum).name}): saved step "
