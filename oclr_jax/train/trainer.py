@@ -401,7 +401,9 @@ def main(argv=None) -> int:
         _export_from_files(*argv[1:3])
         return 0
     args, overrides = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: an import may already have configured the root logger (at WARNING).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     config = load_config(args.config, overrides)  # ConfigError is a UserError
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UserError(f"must be at least 1, got {args.stop_at_step}", "--stop_at_step")
