@@ -282,8 +282,9 @@ def test_interrupted_eval_resumes_to_the_uninterrupted_result(tmp_path, checkpoi
     process = hostile.start(MODULE, "--dataset", "segtrackv2", "--data-dir", data,
                             "--checkpoint", checkpoint, "--out", out, "--sequences", "all",
                             *SIZE_ARGS)
-    hostile.wait_for(lambda: os.path.isdir(out / "sequences") and os.listdir(out / "sequences"),
-                     120, "a first scored sequence")
+    hostile.wait_for(lambda: os.path.isdir(out / "sequences") and [
+        n for n in os.listdir(out / "sequences") if n.endswith(".json") and not n.startswith(".")],
+        120, "a first scored sequence")
     status, err = hostile.interrupt(process, signum)
     assert status == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "interrupted" in err, err[-3000:]

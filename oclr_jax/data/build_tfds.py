@@ -164,6 +164,10 @@ def _stop_with_workers_on_signal() -> None:
             signal, "pthread_sigmask"):
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    # Ctrl-C reaches the whole process group, and subprocess unblocks signals in the workers it
+    # starts; an ignored SIGINT survives exec, so the workers leave Ctrl-C to us (no traceback
+    # from each).  Linux keeps a blocked signal pending even when ignored, so sigwait sees it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch():
         signum = signal.sigwait(stop)

@@ -94,9 +94,9 @@ def _recording(read: Callable[[int], tuple]) -> Callable[[int], tuple]:
 
 
 def raise_recorded_read_error(op_error: Exception) -> None:
-    """Raises the data error behind a tf.data `op_error` as a DataReadError, if one was
-    recorded; returns otherwise (the caller re-raises `op_error`)."""
-    if _read_errors:
+    """Raises the data error behind a tf.data `op_error` as a DataReadError, if `op_error` is
+    a TF OpError and a data error was recorded; returns otherwise (the caller re-raises)."""
+    if isinstance(op_error, tf.errors.OpError) and _read_errors:
         error = _read_errors[0]
         raise DataReadError(f"{error} (while reading training data; fix or remove that "
                             "sequence, then rerun: training resumes from the last checkpoint)"
@@ -312,11 +312,7 @@ class TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        try:
-            batch = next(self._iterator)
-        except tf.errors.OpError as error:
-            raise_recorded_read_error(error)
-            raise
+        batch = next(self._iterator)
         self.step += 1
         return batch
 

@@ -52,10 +52,10 @@ def _refuse_existing(path: str, overwrite: bool, folder: bool = False) -> None:
     if os.path.exists(path):
         if not overwrite:
             raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
-        if folder and not (os.path.isdir(path) and (
-                not os.listdir(path)  # an empty folder: nothing of anyone's to lose
-                or (os.path.isfile(os.path.join(path, "config.json"))
-                    and os.path.isdir(os.path.join(path, "params"))))):
+        ours_or_empty = os.path.isdir(path) and (
+            not os.listdir(path) or (os.path.isfile(os.path.join(path, "config.json"))
+                                     and os.path.isdir(os.path.join(path, "params"))))
+        if folder and not ours_or_empty:
             raise PortError(f"{path}: --overwrite replaces only an oclr-jax checkpoint folder "
                             "(config.json + params/) or an empty folder; this is something "
                             "else: choose another output folder")

@@ -418,11 +418,14 @@ def main(argv=None) -> int:
                                    compiler_options=compiler_options or None)
     except LayoutError as e:  # a bad file met during training
         raise UserError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the input pipeline (TF, imported lazily) names it
-        from oclr_jax.data.input_pipeline import DataReadError
-        if not isinstance(e, DataReadError):
-            raise
-        raise UserError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - tf.data wraps a bad file in a TF OpError
+        pipeline = sys.modules.get("oclr_jax.data.input_pipeline")  # loaded if TF reads data
+        if pipeline is not None:
+            try:
+                pipeline.raise_recorded_read_error(e)
+            except pipeline.DataReadError as data_error:
+                raise UserError(str(data_error)) from None
+        raise
     if _Preemption.signum is not None and int(jax.device_get(state.step)) < int(
             config.train.num_steps):
         print(f"interrupted ({signal.Signals(_Preemption.signum).name}): saved step "
