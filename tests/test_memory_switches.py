@@ -136,3 +136,14 @@ def test_chunked_attention_cuts_training_memory():
     assert dense > 2 * scores  # scores/weights and the dropout mask are kept
     assert chunked < dense / 4, (dense, chunked)
     assert chunked < 2 * scores
+
+
+def test_config_selects_the_attention():
+    from oclr_jax.config import paper
+    from oclr_jax.model import model_from_config
+
+    config = paper.get_config()
+    assert config.model.attention == "dense" and config.model.attention_chunk == 0
+    config.model.attention, config.model.attention_chunk = "chunked", 112
+    model = model_from_config(config.model, in_channels=4)
+    assert model.attention == "chunked" and model.attention_chunk == 112
