@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+import jax
 import numpy as np
 
 from oclr_jax.config import paper
@@ -186,6 +188,41 @@ def _finish_sequence(options: EvalOptions, record: SequenceRecord, labels: np.nd
     return row
 
 
+# ----------------------------------------------------------------------------- processes
+
+def process_share(names: Sequence[str], index: int, count: int) -> list[str]:
+    """The sequences process `index` of `count` evaluates: every count-th name from its index
+    (round robin, so long and short sequences spread over processes)."""
+    return list(names[index::count])
+
+
+def gather_rows(rows: dict) -> dict:
+    """Every process's per-sequence rows, merged (an all-gather of their JSON through JAX, so
+    the processes need no shared file system).  With one process: `rows` itself."""
+    if jax.process_count() == 1:
+        return dict(rows)
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(eval_outputs._json_safe(rows)).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # (processes, max size)
+    merged: dict = {}
+    for size, blob in zip(sizes.reshape(-1), gathered):
+        merged.update(json.loads(blob[:int(size)].tobytes().decode()))
+    return merged
+
+
+def initialize_distributed(args) -> None:
+    """`jax.distributed.initialize` from the flags (as the trainer), else nothing."""
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.multihost:
+        jax.distributed.initialize()  # TPU pod slices and SLURM are detected automatically
+
+
 # ----------------------------------------------------------------------------- a dataset
 
 def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = None,
@@ -208,12 +245,16 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
                           annotation_dir=options.annotation_dir,
                           annotations_csv=options.annotations_csv)
     settings = options.settings()
+    # Several JAX processes (a pod): each evaluates its share on its local devices; the rows
+    # are merged afterwards and process 0 writes the results.
+    index, count = jax.process_index(), jax.process_count()
+    mine = process_share(benchmark.sequences, index, count)
     rows: dict[str, dict] = {}
     keys: dict[str, str] = {}
     if options.out_dir:
         # Keyed by every option, the data folder, the checkpoint's files and the sequence's
         # own files (and saved masks): a cached row is reused only for the same inputs.
-        for name in benchmark.sequences:
+        for name in mine:
             files = benchmark.sequence_files(name)
             if options.predictions_dir:
                 files += eval_outputs.files_identity(os.path.join(options.predictions_dir, name))
@@ -225,9 +266,10 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
         if rows and options.progress:
             print(f"reused {len(rows)} sequences from {options.out_dir}/sequences (same data, "
                   "checkpoint and options); --no-resume to recompute", file=sys.stderr)
-    todo = [n for n in benchmark.sequences if n not in rows]
-    bar = tqdm(total=len(benchmark.sequences), initial=len(rows), unit="seq",
-               desc=options.dataset, disable=not options.progress)
+    todo = [n for n in mine if n not in rows]
+    bar = tqdm(total=len(mine), initial=len(rows), unit="seq",
+               desc=options.dataset if count == 1 else f"{options.dataset} [{index}/{count}]",
+               disable=not options.progress)
 
     def done(row: dict) -> None:
         rows[row["sequence"]] = row
@@ -264,6 +306,7 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
                                       keys.get(record.name, "")))
     finally:
         bar.close()
+    rows = gather_rows(rows)
     ordered = [rows[n] for n in benchmark.sequences]
     results = {"dataset": options.dataset,
                "summary": scoring.summarize(options.dataset, ordered),
@@ -274,7 +317,7 @@ def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = N
     if ordered and all("flow_only" in r for r in ordered):
         results["summary_flow_only"] = scoring.summarize(options.dataset,
                                                          [r["flow_only"] for r in ordered])
-    if options.out_dir:
+    if options.out_dir and index == 0:
         eval_outputs.write_results(options.out_dir, results)
     return results
 
@@ -317,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refine the masks with RGB test-time adaptation (DINO ViT-S/8, "
                              "settings config.tta, docs/tta.md); flow-only scores are "
                              "reported beside the adapted ones")
+    parser.add_argument("--coordinator_address", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                        help="several processes (e.g. a pod): host:port of process 0; each "
+                             "process evaluates a share of the sequences")
+    parser.add_argument("--num_processes", type=int,
+                        default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
+    parser.add_argument("--process_id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
+    parser.add_argument("--multihost", action="store_true",
+                        help="jax.distributed.initialize() from the cluster environment")
     parser.add_argument("--dino-checkpoint", help="DINO ViT-S/8 weights for --tta dino, e.g. "
                                                   "dino_deitsmall8_pretrain.pth (needs torch)")
     return parser
@@ -372,6 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     user_errors = _user_errors()
     out_dir = args.out or os.path.join("eval_results", args.dataset)
+    initialize_distributed(args)
     try:
         # Before any work: the output folder is new or an earlier eval output.
         eval_outputs.claim_output_dir(out_dir)
