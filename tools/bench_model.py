@@ -27,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from oclr_jax.model import OCLR, init_params  # noqa: E402
 
 DEFAULT_SIZES = ("2x8x64x112", "2x30x128x224")
+TORCH_THREADS = 2  # the official model timed as on this 2-core machine
 
 
 def parse_size(text: str) -> tuple[int, int, int, int]:
@@ -54,7 +55,8 @@ def time_call(fn, args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_one(size, dtype_name: str, repeats: int, remat: bool) -> dict:
+def bench_one(size, dtype_name: str, repeats: int, remat: bool,
+              forward_only: bool = False) -> dict:
     b, t, h, w = size
     model = OCLR(dtype=jnp.dtype(dtype_name), remat=remat)
     flow = jax.random.normal(jax.random.PRNGKey(0), (b, t, h, w, 4), jnp.float32) * 3
@@ -69,8 +71,9 @@ def bench_one(size, dtype_name: str, repeats: int, remat: bool) -> dict:
 
     key = jax.random.PRNGKey(2)
     result = {"size": list(size), "dtype": dtype_name, "remat": remat}
-    for name, fn, args in (("forward", forward, (params, flow)),
-                           ("forward_backward", jax.value_and_grad(loss), (params, flow, key))):
+    programs = [("forward", forward, (params, flow)),
+                ("forward_backward", jax.value_and_grad(loss), (params, flow, key))]
+    for name, fn, args in programs[:1] if forward_only else programs:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         result[f"{name}_compile_s"] = round(time.perf_counter() - start, 3)
@@ -82,9 +85,10 @@ def bench_one(size, dtype_name: str, repeats: int, remat: bool) -> dict:
     return result
 
 
-def bench_torch(size, repeats: int) -> dict | None:
-    """The PyTorch reference model (our re-implementation of the official one) at the same size,
-    forward (eval, no_grad) and forward+backward (train mode), float32 on the CPU."""
+def bench_torch(size, repeats: int, forward_only: bool = False) -> dict | None:
+    """The PyTorch reference model (our re-implementation of the official one, same operations,
+    in-place activations included) at the same size, forward (eval, no_grad) and
+    forward+backward (train mode), float32 on the CPU, 2 threads."""
     try:
         import torch
     except ImportError:
@@ -92,6 +96,7 @@ def bench_torch(size, repeats: int) -> dict | None:
     from oclr_jax.port.torch_reference import TorchOCLR
 
     b, t, h, w = size
+    torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(0)
     model = TorchOCLR(4, 3)
     flow = torch.randn(b, t, 4, h, w) * 3
@@ -108,7 +113,8 @@ def bench_torch(size, repeats: int) -> dict | None:
         ((amodal ** 2).mean() + (order ** 2).mean()).backward()
 
     result = {}
-    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+    programs = [("forward", forward), ("forward_backward", forward_backward)]
+    for name, fn in programs[:1] if forward_only else programs:
         fn()  # warm-up
         times = []
         for _ in range(repeats):
@@ -128,6 +134,8 @@ def main(argv=None) -> None:
                         choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--remat", action="store_true", help="rematerialise blocks")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="time the inference forward only (no forward+backward)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch reference baseline (run on CPU backends only)")
     args = parser.parse_args(argv)
@@ -135,12 +143,14 @@ def main(argv=None) -> None:
     for size in args.sizes:
         baseline = None
         if not args.no_torch and jax.default_backend() == "cpu":
-            baseline = bench_torch(size, args.repeats)
+            baseline = bench_torch(size, args.repeats, args.forward_only)
         for dtype in args.dtypes:
-            run = bench_one(size, dtype, args.repeats, args.remat)
+            run = bench_one(size, dtype, args.repeats, args.remat, args.forward_only)
             if baseline:
                 run.update(baseline)
-                for name in ("forward", "forward_backward"):
+                for name in ("forward",) if args.forward_only else ("forward", "forward_backward"):
+                    run[f"{name}_time_ratio_vs_torch"] = round(
+                        run[f"{name}_s"] / baseline[f"torch_{name}_s"], 3)
                     run[f"{name}_speedup_vs_torch"] = round(
                         baseline[f"torch_{name}_s"] / run[f"{name}_s"], 3)
             runs.append(run)

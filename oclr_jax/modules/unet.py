@@ -72,6 +72,38 @@ def _max_pool_backward(residuals, pooled_grad):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+class Conv3x3(nn.Module):
+    """Bias-free 3x3 convolution, padding 1, over the channel concatenation of its inputs.
+
+    `Conv3x3(F)((a, b))` equals a 3x3 convolution of `concat([a, b], -1)` with the kernel
+    `(3, 3, C_a + C_b, F)`, computed as the sum of one convolution per input with its slice of
+    the kernel: the concatenated tensor (and the slices of its gradient) are never built.
+
+    Attributes:
+      features: output channels F.
+      dtype: compute dtype (the kernel param stays float32).
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs) -> jnp.ndarray:
+        """(N, H, W, C_i) array or sequence of arrays -> (N, H, W, F)."""
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        widths = [x.shape[-1] for x in inputs]
+        kernel = self.param("kernel", uniform_fan_in(sum(widths) * 9),
+                            (3, 3, sum(widths), self.features)).astype(self.dtype)
+        out, start = None, 0
+        for x, width in zip(inputs, widths):
+            part = jax.lax.conv_general_dilated(
+                x.astype(self.dtype), kernel[:, :, start:start + width], (1, 1),
+                ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            out = part if out is None else out + part
+            start += width
+        return out
+
+
 class ConvBlock(nn.Module):
     """[3x3 conv (no bias) -> instance norm -> LeakyReLU] x 2.
 
@@ -84,13 +116,11 @@ class ConvBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        """(N, H, W, C_in) -> (N, H, W, features)."""
+    def __call__(self, x) -> jnp.ndarray:
+        """(N, H, W, C_in), or a sequence of such arrays standing for their channel
+        concatenation (see Conv3x3) -> (N, H, W, features)."""
         for index in (1, 2):
-            fan_in = x.shape[-1] * 9
-            x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                        dtype=self.dtype, kernel_init=uniform_fan_in(fan_in),
-                        name=f"conv{index}")(x)
+            x = Conv3x3(self.features, self.dtype, name=f"conv{index}")(x)
             x = nn.leaky_relu(instance_norm(x), negative_slope=_LEAKY_SLOPE)
         return x
 
@@ -176,8 +206,8 @@ class UNetDecoder(nn.Module):
         for stage in (4, 3, 2, 1):
             width = self.features * 2 ** (stage - 1)
             x = UpConv2x2(width, self.dtype, name=f"upconv{stage}")(x)
-            x = jnp.concatenate([x, skips[stage - 1].astype(x.dtype)], axis=-1)
-            x = block(width, self.dtype, name=f"decoder{stage}")(x)
+            # concat([up, skip]) -> conv, as officially, without building the concatenation.
+            x = block(width, self.dtype, name=f"decoder{stage}")((x, skips[stage - 1]))
         fan_in = self.features
         return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype,
                        kernel_init=uniform_fan_in(fan_in), bias_init=uniform_fan_in(fan_in),
