@@ -41,7 +41,7 @@ def test_unknown_topology_is_a_clear_error():
 def test_tiny_train_step_compiles_for_v5e_2x2():
     result = _run("--tiny", "--topology", "v5e:2x2", "--per-chip-batch", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
     assert record["topology"] == "v5e:2x2" and record["chips"] == 4

@@ -7,11 +7,11 @@ import socket
 import subprocess
 import sys
 
+import eval_fakes as ef
 import jax
 import numpy as np
 import pytest
 
-import eval_fakes as ef
 from oclr_jax.checkpoint import abstract_params, save_checkpoint
 from oclr_jax.config.loading import load_config
 from oclr_jax.eval.runner import process_share
