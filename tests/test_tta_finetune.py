@@ -18,8 +18,9 @@ from oclr_jax.tta.vit import VisionTransformer, init_vit_params
 
 MODEL = VisionTransformer(patch_size=8, embed_dim=48, depth=3, num_heads=3, pretrain_grid=4)
 # One settings object for the training tests: the jitted step compiles once for all of them.
-SETTINGS = FinetuneSettings(learning_rate=1e-3, num_iterations=30, max_pair_gap=1,
-                            lr_schedule="warmup_constant", warmup_iterations=1)
+# The official warm-up: 2e-3 for the first step, 0 for the second, then 1e-3 constant.
+SETTINGS = FinetuneSettings(learning_rate=2e-3, num_iterations=30, max_pair_gap=1,
+                            lr_schedule="warmup_constant", warmup_iterations=2)
 
 
 def _problem(num_frames, seed=0):
@@ -63,6 +64,8 @@ def test_warmup_constant_is_the_official_loop_step_by_step():
     np.testing.assert_allclose(expected[:4], [1e-5, 0.0, 1e-7, 2e-7], rtol=1e-12)
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-13)
     np.testing.assert_allclose(float(warmup(999)), 0.99e-5, rtol=1e-6)
+    with pytest.raises(ValueError, match="warmup_iterations"):  # the rate would stay 0
+        learning_rate_schedule(FinetuneSettings(lr_schedule="warmup_constant", warmup_iterations=1))
 
 
 def test_trainable_labels_mark_the_last_blocks():

@@ -78,6 +78,10 @@ def learning_rate_schedule(settings: FinetuneSettings) -> optax.Schedule:
     if settings.lr_schedule == "linear_decay":
         return optax.linear_schedule(settings.learning_rate, 0.0, settings.num_iterations)
     if settings.lr_schedule == "warmup_constant":
+        if settings.warmup_iterations < 2:
+            raise ValueError(f"tta.warmup_iterations={settings.warmup_iterations}: the official "
+                             "warm-up then sets the rate to 0 after the first step for good; use "
+                             "at least 2")
         return official_warmup_schedule(settings.learning_rate, settings.warmup_iterations)
     raise ValueError(f"unknown lr_schedule {settings.lr_schedule!r}; expected one of {SCHEDULES}")
 
