@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oclr_jax.model import OCLR, init_params, same_frame_allowed
+from oclr_jax.model import OCLR, init_params, other_frames_allowed
 from oclr_jax.modules.transformer import EncoderLayer, MultiHeadAttention, TransformerStack, chunk_rows, chunked_attend
 
 SMALL = dict(unet_features=4, num_layers=2, num_heads=2, ff_dim=16)
@@ -37,14 +37,14 @@ def _dense_reference(q, k, v, allowed):  # written out independently of the modu
 @pytest.mark.parametrize("rows", [1, 4, 6, 24])
 def test_chunked_attend_equals_dense_attention(rows):
     q, k, v = _attention_inputs()
-    allowed = same_frame_allowed(4, 6)  # 4 frames of 6 tokens: own frame blocked
+    allowed = other_frames_allowed(4, 6)  # 4 frames of 6 tokens: own frame blocked
     out = chunked_attend(q, k, v, allowed, None, 0.1, jnp.float32, rows)
     np.testing.assert_allclose(out, _dense_reference(q, k, v, np.asarray(allowed)), atol=1e-5)
 
 
 def test_chunked_attend_gradients_equal_dense():
     q, k, v = _attention_inputs(seed=1)
-    allowed = same_frame_allowed(4, 6)
+    allowed = other_frames_allowed(4, 6)
     target = jax.random.normal(jax.random.PRNGKey(2), q.shape)
 
     def loss(q, k, v, rows):
@@ -115,7 +115,7 @@ def _encoder_grad_memory(attention: str, chunk: int = 0) -> int:
     stack = TransformerStack(EncoderLayer, 1, 8, 64, 0.1, False, jnp.float32,
                              attention=attention, attention_chunk=chunk)
     x = jax.ShapeDtypeStruct((2, 1024, 64), jnp.float32)
-    allowed = same_frame_allowed(16, 64)
+    allowed = other_frames_allowed(16, 64)
     params = jax.eval_shape(lambda: stack.init(jax.random.PRNGKey(0), jnp.zeros(x.shape),
                                                allowed))["params"]
 
