@@ -41,12 +41,16 @@ def train_dir(tmp_path_factory):
     (["--config.train.learning_rate=-1.0"], ["config.train.learning_rate"]),
     (["--config.train.batch_size=3"], ["batch_size", "devices"]),
     (["--config.loss.matcher=greedy"], ["config.loss.matcher"]),
+    (["--config.train.init_params_from=/no/such/model"], ["init_params_from", "does not exist"]),
+    (["--config.train.init_params_from=SHIPPED"], ["init_params_from", "differs", "model.num_layers"]),
 ])
 def test_input_mistakes_fail_before_any_work(tmp_path, train_dir, args, culprits):
     """In this process (the same `run_cli` and messages; a fresh interpreter per case costs
     half a minute on a loaded machine); `test_a_mistake_as_a_user_runs_it` runs one for real."""
     with_data = [] if any("train_dir" in c for c in culprits) else [
         f"--config.data.train_dir={train_dir}"]
+    from oclr_jax.demo.run import DEFAULT_CHECKPOINT  # a model of another size
+    args = [a.replace("SHIPPED", DEFAULT_CHECKPOINT) for a in args]
     result = hostile.call(MODULE, *SMALL, "--workdir", tmp_path / "run", *with_data, *args)
     hostile.assert_user_error(result, *culprits)
     assert not os.path.exists(tmp_path / "run")

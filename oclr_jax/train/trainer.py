@@ -374,6 +374,28 @@ def check_inputs(config, workdir: str) -> None:
             if not os.path.isdir(data.train_dir):
                 raise UserError("training data folder does not exist",
                                 f"config.data.train_dir={data.train_dir}")
+    init = config.train.get("init_params_from")
+    if init:  # warm start: a model checkpoint of the same architecture
+        from oclr_jax.checkpoint import CheckpointError, read_checkpoint_config, \
+            resolve_checkpoint_dir
+
+        where = f"config.train.init_params_from={init}"
+        if not os.path.exists(init):
+            raise UserError("checkpoint does not exist", where)
+        try:
+            theirs = read_checkpoint_config(
+                os.path.join(resolve_checkpoint_dir(init), "config.json"))
+        except CheckpointError as e:
+            raise UserError(str(e), where) from None
+        keys = ("num_queries", "unet_features", "num_layers", "num_heads", "ff_dim")
+        different = [f"model.{k} {theirs.model.get(k)} != {config.model.get(k)}" for k in keys
+                     if theirs.model.get(k) != config.model.get(k)]
+        if list(theirs.data.gaps) != list(config.data.gaps):
+            different.append(f"data.gaps {tuple(theirs.data.gaps)} != {tuple(config.data.gaps)}")
+        if different:
+            raise UserError(f"the checkpoint's model differs from this config's: "
+                            f"{', '.join(different)}", where,
+                            "warm-start from a checkpoint of the same model")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError("workdir is a file, not a folder", f"--workdir {workdir}")
     if os.path.isdir(workdir):
