@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     for topology in topologies:
         try:
             devices = jax.devices("cpu") if args.platform == "cpu" else topology_devices(topology)
-        except Exception as error:  # unknown names come back as a runtime error
+        except Exception as error:  # noqa: BLE001 (an unknown name is a JaxRuntimeError)
             print(f"error: cannot make TPU topology {topology!r} (--topology): {error}",
                   file=sys.stderr)
             return 2
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                 overrides.append(f"loss.matcher={matcher}")
             try:
                 config = load_config(args.tiny, overrides)
-            except Exception as error:  # UserError / ValueError from the loader
+            except Exception as error:  # noqa: BLE001 (UserError/ValueError/TypeError: all user input)
                 print(f"error: bad --set override: {error}", file=sys.stderr)
                 return 2
             # The trainer's CPU choices on CPU; none for TPU (the CPU flags do not exist there).
