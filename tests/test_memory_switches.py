@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from oclr_jax.model import OCLR, init_params, other_frames_allowed
-from oclr_jax.modules.transformer import EncoderLayer, MultiHeadAttention, TransformerStack, chunk_rows, chunked_attend
+from oclr_jax.modules.transformer import (
+    EncoderLayer,
+    MultiHeadAttention,
+    TransformerStack,
+    chunk_rows,
+    chunked_attend,
+)
 
-SMALL = dict(unet_features=4, num_layers=2, num_heads=2, ff_dim=16)
+SMALL = {"unet_features": 4, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
 
 
 def test_chunk_rows_divides_the_query_length():
