@@ -376,8 +376,7 @@ def check_inputs(config, workdir: str) -> None:
                                 f"config.data.train_dir={data.train_dir}")
     init = config.train.get("init_params_from")
     if init:  # warm start: a model checkpoint of the same architecture
-        from oclr_jax.checkpoint import CheckpointError, read_checkpoint_config, \
-            resolve_checkpoint_dir
+        from oclr_jax.checkpoint import CheckpointError, read_checkpoint_config, resolve_checkpoint_dir
 
         where = f"config.train.init_params_from={init}"
         if not os.path.exists(init):
