@@ -8,6 +8,8 @@ slice of the global batch (`process_index`-th block of `global_batch / process_c
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import Mapping, Optional, Sequence
 
 import jax
@@ -77,3 +79,28 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
 def put_replicated(tree, mesh: Mesh):
     """Host or device values -> replicated global arrays (same value on every process)."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The multi-process flags of every command that can run on several hosts (train, eval).
+
+    `what` says in --help what each process does (e.g. "each process evaluates a share of the
+    sequences").  Defaults come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
+    """
+    parser.add_argument("--multihost", action="store_true",
+                        help="call jax.distributed.initialize() with the environment's cluster "
+                             "detection (Cloud TPU pod slices, SLURM)")
+    parser.add_argument("--coordinator_address", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                        help=f"host:port of process 0 (explicit multi-process set-up; {what})")
+    parser.add_argument("--num_processes", type=int,
+                        default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
+    parser.add_argument("--process_id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` from the `add_distributed_flags` flags, else nothing."""
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.multihost:
+        jax.distributed.initialize()  # TPU pod slices and SLURM are detected automatically

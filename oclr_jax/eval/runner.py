@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from oclr_jax import sharding
 from oclr_jax.config import paper
 from oclr_jax.config.checks import check_config
 from oclr_jax.data.benchmarks import DATASETS, DEFAULT_FLOW_DIR, Benchmark, SequenceRecord
@@ -214,15 +215,6 @@ def gather_rows(rows: dict) -> dict:
     return merged
 
 
-def initialize_distributed(args) -> None:
-    """`jax.distributed.initialize` from the flags (as the trainer), else nothing."""
-    if args.coordinator_address:
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes, process_id=args.process_id)
-    elif args.multihost:
-        jax.distributed.initialize()  # TPU pod slices and SLURM are detected automatically
-
-
 # ----------------------------------------------------------------------------- a dataset
 
 def evaluate(options: EvalOptions, predict_fn: Optional[Callable[..., dict]] = None,
@@ -360,14 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refine the masks with RGB test-time adaptation (DINO ViT-S/8, "
                              "settings config.tta, docs/tta.md); flow-only scores are "
                              "reported beside the adapted ones")
-    parser.add_argument("--coordinator_address", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-                        help="several processes (e.g. a pod): host:port of process 0; each "
-                             "process evaluates a share of the sequences")
-    parser.add_argument("--num_processes", type=int,
-                        default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
-    parser.add_argument("--process_id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
-    parser.add_argument("--multihost", action="store_true",
-                        help="jax.distributed.initialize() from the cluster environment")
+    sharding.add_distributed_flags(parser, "each process evaluates a share of the sequences")
     parser.add_argument("--dino-checkpoint", help="DINO ViT-S/8 weights for --tta dino, e.g. "
                                                   "dino_deitsmall8_pretrain.pth (needs torch)")
     return parser
@@ -423,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     user_errors = _user_errors()
     out_dir = args.out or os.path.join("eval_results", args.dataset)
-    initialize_distributed(args)
+    sharding.initialize_distributed(args)
     try:
         # Before any work: the output folder is new or an earlier eval output.
         eval_outputs.claim_output_dir(out_dir)

@@ -22,28 +22,20 @@ returned.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from oclr_jax.port import convert as port_convert
 from oclr_jax.port.convert import PortError, flatten_params, unflatten_params
 
 LAYOUT = "RAFT (raft-things.pth)"
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One tensor: official name and shape, Flax path (collection first), layout change."""
-
-    torch_name: str
-    flax_path: tuple
-    kind: str  # conv | copy | alias | counter
-    torch_shape: tuple
-
-    @property
-    def flax_name(self) -> str:
-        return "/".join(self.flax_path)
+class Rule(port_convert.Rule):
+    """One tensor as the OCLR port's `Rule` (official name and shape, Flax path, layout), with
+    RAFT's kinds: conv | copy | alias (a second registration of a tensor) | counter |
+    counter_alias (BatchNorm's num_batches_tracked).  The Flax path starts with the collection."""
 
     @property
     def flax_shape(self) -> tuple:

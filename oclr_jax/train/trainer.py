@@ -307,15 +307,6 @@ def export_model(params, config, workdir: str) -> str:
     return path
 
 
-def initialize_distributed(args) -> None:
-    """`jax.distributed.initialize` from flags, else from the cluster environment."""
-    if args.coordinator_address:
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes, process_id=args.process_id)
-    elif args.multihost:
-        jax.distributed.initialize()  # TPU pod slices and SLURM are detected automatically
-
-
 def _parse_args(argv):
     overrides, rest = split_config_overrides(argv)
     parser = argparse.ArgumentParser(
@@ -323,14 +314,7 @@ def _parse_args(argv):
         epilog="Any config field can be overridden: --config.train.learning_rate=1e-4.")
     parser.add_argument("--config", required=True, help="config file, e.g. configs/oclr_paper.py")
     parser.add_argument("--workdir", required=True, help="output folder; reruns resume here")
-    parser.add_argument("--multihost", action="store_true",
-                        help="call jax.distributed.initialize() with the environment's cluster "
-                             "detection (Cloud TPU pod slices, SLURM)")
-    parser.add_argument("--coordinator_address", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-                        help="host:port of process 0 (explicit multi-process set-up)")
-    parser.add_argument("--num_processes", type=int,
-                        default=int(os.environ.get("JAX_NUM_PROCESSES", "1")))
-    parser.add_argument("--process_id", type=int, default=int(os.environ.get("JAX_PROCESS_ID", "0")))
+    sharding.add_distributed_flags(parser, "data-parallel over every process's devices")
     parser.add_argument("--xla_option", action="append", default=[], metavar="KEY=VALUE",
                         help="XLA compiler option for the jitted steps, repeatable, e.g. "
                              "xla_backend_optimization_level=1 (faster CPU compiles)")
@@ -424,7 +408,7 @@ def main(argv=None) -> int:
     for option in args.xla_option:
         key, _, value = option.partition("=")
         compiler_options[key] = parse_value(value)
-    initialize_distributed(args)
+    sharding.initialize_distributed(args)
     try:  # the checks train_and_evaluate makes first, as user errors (they raise ValueError)
         sharding.check_batch_size(int(config.train.batch_size), sharding.make_data_mesh(None),
                                   int(config.train.grad_accum_steps))
