@@ -131,6 +131,18 @@ def resolve_checkpoint_dir(path: str) -> str:
         f"expected a folder written by save_checkpoint, a training workdir, or a PyTorch .pth")
 
 
+def _check_array_files(params_dir: str) -> None:
+    """Raises CheckpointError when an OCDBT params folder lost its array data files (a partial
+    copy): orbax would fail only inside its asynchronous restore, whose threads then print
+    tracebacks at exit."""
+    for entry in sorted(os.listdir(params_dir)):
+        if entry.startswith("ocdbt.process_"):
+            data = os.path.join(params_dir, entry, "d")
+            if not os.path.isdir(data) or not os.listdir(data):
+                raise CheckpointError(f"{data}: the params' array data files are missing; the "
+                                      "folder is damaged: copy or export it again")
+
+
 def load_checkpoint(path: str, model_source: str = "auto"):
     """Loads a model.  Returns `(model, params, config)`.
 
@@ -151,19 +163,23 @@ def load_checkpoint(path: str, model_source: str = "auto"):
         raise CheckpointError(f"{directory}: has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
     # The stored tree first (names and shapes only): a mismatch names every key with the
     # expected and found shapes, instead of a failure deep inside the restore.
-    try:
-        stored = ocp.StandardCheckpointer().metadata(params_dir)
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad folders.
-        raise CheckpointError(f"{params_dir}: not a readable orbax checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-    check_params_match(getattr(stored, "item_metadata", stored), config,
-                       source=f"{params_dir} (against {CONFIG_FILE})")
-    try:
-        params = ocp.StandardCheckpointer().restore(params_dir, abstract_params(config))
-    except Exception as e:  # noqa: BLE001 - missing or corrupt array files, after the check above.
-        raise CheckpointError(f"{params_dir}: cannot read the stored params ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300]}); the folder is damaged: "
-                              "copy or export it again") from e
+    _check_array_files(params_dir)
+    # One checkpointer, closed on every path: an unclosed one whose restore failed leaves
+    # orbax's background event loop to print a traceback at interpreter exit.
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            stored = checkpointer.metadata(params_dir)
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad folders.
+            raise CheckpointError(f"{params_dir}: not a readable orbax checkpoint "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+        check_params_match(getattr(stored, "item_metadata", stored), config,
+                           source=f"{params_dir} (against {CONFIG_FILE})")
+        try:
+            params = checkpointer.restore(params_dir, abstract_params(config))
+        except Exception as e:  # noqa: BLE001 - missing or corrupt array files, after the check.
+            raise CheckpointError(f"{params_dir}: cannot read the stored params ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:300]}); the folder is damaged: "
+                                  "copy or export it again") from e
     return model_for(config), params, config
 
 

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from oclr_jax.data import flow_codec
 from oclr_jax.data import official_layout as ol
 from oclr_jax.data.tfds import synthetic as ts
+from oclr_jax.errors import UserError
 
 TINY = dict(num_frames=4, resolution=(32, 48))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,7 +209,7 @@ def test_command_line_builds_a_custom_variant(tmp_path):
     examples = [ts.decode_example(r) for r in builder.as_data_source("train")]
     assert [e["num_objects"] for e in examples] == [1, 1]  # Syn-Single's plan.
     assert examples[0]["flow"].shape == (3, 32, 48, 4)
-    with pytest.raises(SystemExit, match="config_name"):
+    with pytest.raises(UserError, match="config_name"):  # exit 2 through run_cli
         build_tfds.main(["oclr_synthetic/syn_train", "--num_sequences", "2"])
 
 

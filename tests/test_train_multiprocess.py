@@ -37,7 +37,7 @@ def _launch(workdir, config_path, *extra, cache_dir):
         [os.path.join(REPO, "launch", "local_two_process.sh"), workdir, config_path,
          "--xla_option=xla_backend_optimization_level=1", *extra],
         env=env, capture_output=True, text=True, timeout=900)
-    logs = {i: open(os.path.join(workdir, f"process_{i}.log")).read() for i in (0, 1)}
+    logs = {i: open(os.path.join(f"{workdir}.logs", f"process_{i}.log")).read() for i in (0, 1)}
     assert result.returncode == 0, result.stderr + logs[0][-3000:] + logs[1][-3000:]
     return logs
 
