@@ -136,6 +136,26 @@ def test_ingests_from_manual_dir_and_resizes(tmp_path):
         assert decoded["amodal"].shape == (3, 32, 48, decoded["num_objects"])
 
 
+def test_generated_folder_ingested_at_another_resolution(tmp_path):
+    """Our generator's folder (with modal label maps) built at another size: nearest-resized
+    visible masks stay inside their bilinear-resized amodal masks (no refusal)."""
+    from oclr_jax.data import synth
+    from oclr_jax.data.synth.writer import write_sequence
+
+    small = tiny_config("gen_small", num_sequences=3, num_frames=4, resolution=(40, 72))
+    folder = str(tmp_path / "folder")
+    for spec in synth.plan_split("syn_train", 3, small.seed):
+        write_sequence(folder, synth.render_sequence(spec, ts.synth_options(small)))
+    config = tiny_config("ingest_up", num_sequences=3, num_frames=4, resolution=(64, 112))
+    builder = ts.OclrSynthetic(config=config, data_dir=str(tmp_path / "tfds"), source_dir=folder)
+    builder.download_and_prepare()
+    for record in builder.as_data_source("train"):
+        decoded = ts.decode_example(record)
+        assert decoded["amodal"].shape[1:3] == (64, 112)
+        assert not (decoded["modal"] & ~decoded["amodal"]).any()
+        assert decoded["modal"].any()
+
+
 def test_generated_dataset_matches_the_generator_and_its_written_folder(tmp_path):
     from oclr_jax.data import synth
     from oclr_jax.data.synth.writer import write_sequence

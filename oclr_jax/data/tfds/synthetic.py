@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from oclr_jax.data import flow_codec, official_layout
+from oclr_jax.data import flow_codec, masks_io, official_layout
 from oclr_jax.data.tf_devices import hide_accelerators_from_tf
 
 FLOW_GAPS = (1, -1)          # The gaps stored, in channel order.
@@ -203,6 +203,12 @@ def decode_example(example: dict, num_channels: int | None = None) -> dict[str, 
 # --------------------------------------------------------------------------- example sources
 
 
+def _annotation_size(source_dir: str, name: str, frame: str) -> tuple[int, int]:
+    """(H, W) of a sequence's stored modal label maps."""
+    path = os.path.join(source_dir, official_layout.MODAL_DIR, name, frame + ".png")
+    return tuple(masks_io.read_label_png(path).shape[:2])
+
+
 def ingest_example(source_dir: str, name: str, resolution: tuple[int, int],
                    with_rgb: bool) -> dict:
     """One official-layout sequence -> its features.  Module level so Beam can pickle it.
@@ -213,6 +219,11 @@ def ingest_example(source_dir: str, name: str, resolution: tuple[int, int],
                                         with_rgb=with_rgb)
     modal = official_layout.read_modal_annotations(source_dir, name, seq.frames,
                                                    seq.num_objects, resolution)
+    if modal is not None and _annotation_size(source_dir, name, seq.frames[0]) != tuple(resolution):
+        # Resized, label maps go through nearest and amodal masks through bilinear + threshold:
+        # an edge pixel can come out visible just outside its amodal mask. Visible is inside
+        # amodal by definition, so trim it (at the stored size a mismatch is still an error).
+        modal = modal & seq.amodal
     example = encode_example(name, seq.flows[1], seq.flows[-1], seq.amodal,
                              seq.modal if modal is None else modal, rgb=seq.rgb)
     if with_rgb:
