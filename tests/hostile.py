@@ -49,6 +49,20 @@ def assert_user_error(result: subprocess.CompletedProcess, *culprits: str, statu
         assert culprit in text, (culprit, text[-4000:])
 
 
+def python_descendants(pid: int) -> list[int]:
+    """The descendants of `pid` that run Python (worker processes; not the short-lived helper
+    programs, e.g. `ldconfig`, that a library may spawn while it imports)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"python" in f.read():
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Process ids of every descendant of `pid` (from /proc)."""
     children: dict[int, list[int]] = {}

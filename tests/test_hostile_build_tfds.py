@@ -65,8 +65,8 @@ def test_interrupted_beam_build_ends_its_workers_and_reruns(tmp_path, signum):
             "--beam_pipeline_options",
             "runner=FnApiRunner,direct_num_workers=2,direct_running_mode=multi_processing"]
     process = hostile.start(MODULE, *args)
-    workers = hostile.wait_for(lambda: len(hostile.descendants(process.pid)) >= 2 and
-                               hostile.descendants(process.pid), 300, "the Beam workers")
+    workers = hostile.wait_for(lambda: len(hostile.python_descendants(process.pid)) >= 2 and
+                               hostile.python_descendants(process.pid), 300, "the Beam workers")
     status, err = hostile.interrupt(process, signum)
     assert status == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "interrupted" in err, err[-3000:]

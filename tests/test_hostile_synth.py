@@ -92,8 +92,8 @@ def test_bad_arguments(tmp_path, args, culprit):
 def test_interrupted_pool_ends_its_workers_and_resumes_identically(tmp_path, reference, signum):
     out = tmp_path / "out"
     process = hostile.start(MODULE, "generate", *SMALL, "--workers", "2", "--out", out)
-    workers = hostile.wait_for(lambda: len(hostile.descendants(process.pid)) >= 2 and
-                               hostile.descendants(process.pid), 60, "the worker processes")
+    workers = hostile.wait_for(lambda: len(hostile.python_descendants(process.pid)) >= 2 and
+                               hostile.python_descendants(process.pid), 60, "the worker processes")
     hostile.wait_for(lambda: os.path.isdir(out / "Metadata") and os.listdir(out / "Metadata"),
                      60, "a first finished sequence")
     status, err = hostile.interrupt(process, signum)
