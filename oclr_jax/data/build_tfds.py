@@ -171,6 +171,9 @@ def _stop_with_workers_on_signal() -> None:
 
     def watch():
         signum = signal.sigwait(stop)
+        # Beam's threads that talk to the workers fail once the workers are gone: we are
+        # exiting on purpose, so their exceptions are not reported.
+        threading.excepthook = lambda args: None
         try:
             workers = _descendants(os.getpid())
         except Exception:  # noqa: BLE001 - exiting matters more than the list
