@@ -26,7 +26,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -52,16 +54,6 @@ def frames(batch: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]
     return np.repeat(first[None], batch, 0), np.repeat(second[None], batch, 0)
 
 
-def time_calls(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_jax_impl(size, iters: int, batch: int, repeats: int, impl: str) -> dict:
     variables = jax.device_put(convert.random_variables())
     image1, image2 = (jax.device_put(x) for x in frames(batch, *size))
@@ -70,7 +62,8 @@ def bench_jax_impl(size, iters: int, batch: int, repeats: int, impl: str) -> dic
     compiled = fn.lower(variables, image1, image2).compile()
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
-    seconds = time_calls(lambda: jax.block_until_ready(compiled(variables, image1, image2)), repeats)
+    seconds = statistics.median(bench_common.time_calls(
+        lambda: jax.block_until_ready(compiled(variables, image1, image2)), repeats))
     result = {"pairs_per_s": round(batch / seconds, 4), "s_per_call": round(seconds, 3),
               "compile_s": round(compile_s, 1)}
     if analysis is not None:
@@ -98,7 +91,7 @@ def bench_torch(size, iters: int, batch: int, repeats: int, threads: int) -> dic
         with torch.no_grad():
             model(image1, image2, iters=iters)
 
-    seconds = time_calls(call, repeats)
+    seconds = statistics.median(bench_common.time_calls(call, repeats))
     return {"pairs_per_s": round(batch / seconds, 4), "s_per_call": round(seconds, 3), "threads": threads}
 
 

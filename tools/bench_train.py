@@ -31,13 +31,14 @@ import argparse
 import itertools
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import bench_common  # noqa: E402
 
 SIZES = {  # name: (config file, batch, frames, height, width)
     "tiny": ("configs/tiny.py", 2, 8, 64, 112),
@@ -46,19 +47,6 @@ SIZES = {  # name: (config file, batch, frames, height, width)
 }
 TORCH_THREADS = 2  # the official step timed as on this 2-core machine
 TFLOP_PER_PAPER_STEP = 2.6  # DESIGN.md §2 (forward + backward at batch 2, torch FlopCounter).
-
-
-def _rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # Linux: resets VmHWM to the current RSS
-        f.write("5")
 
 
 def _batch(batch, frames, height, width, num_layers, seed=0):
@@ -73,27 +61,10 @@ def _batch(batch, frames, height, width, num_layers, seed=0):
     return flow, amodal
 
 
-def _release_freed_memory() -> None:
-    """glibc keeps memory freed by the compiler; the trainer hands it back (both frameworks
-    get the same treatment here)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _timed(step, repeats: int) -> dict:
-    step()  # warm-up: compiled already; allocates buffers
-    _release_freed_memory()
-    before = _rss_mb("VmRSS")
-    _reset_peak_rss()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = _rss_mb("VmHWM")
-    return {"step_s": statistics.median(times), "peak_rss_mb": round(peak, 1),
-            "step_extra_mb": round(peak - before, 1)}
+    timing = bench_common.timed_with_memory(step, repeats)
+    return {"step_s": timing["seconds"], "peak_rss_mb": timing["peak_rss_mb"],
+            "step_extra_mb": timing["extra_mb"]}
 
 
 def run_jax(size: str, dtype: str, repeats: int, ynn: bool = False,
@@ -361,25 +332,17 @@ def _worker(spec: str, repeats: int, official_repo: str = "") -> dict:
 
 
 def _run_worker(spec: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", spec, "--repeats", str(args.repeats)]
+    arguments = ["--worker", spec, "--repeats", str(args.repeats)]
     if args.official_repo:
-        command += ["--official-repo", args.official_repo]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else {"error": proc.stderr.strip()[-500:]}
+        arguments += ["--official-repo", args.official_repo]
+    return bench_common.run_worker(__file__, arguments)
 
 
 def _merge_rounds(rounds: list) -> dict:
-    """One entry from the same spec run in several interleaved rounds: median step time over
-    rounds (each round's own median listed), the largest peak memory."""
-    ok = [r for r in rounds if "step_s" in r]
-    if not ok:
-        return rounds[-1]
-    merged = dict(ok[-1])
-    merged["step_s"] = statistics.median(r["step_s"] for r in ok)
-    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
-    if len(rounds) > 1:
-        merged["round_step_s"] = [round(r["step_s"], 4) for r in ok]
+    """Median step time over rounds (each round's listed as `round_step_s`), largest peak."""
+    merged = bench_common.merge_rounds(rounds, ["step_s"], ["peak_rss_mb"])
+    if "step_s_rounds" in merged:
+        merged["round_step_s"] = merged.pop("step_s_rounds")
     return merged
 
 
@@ -404,8 +367,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(_worker(args.worker, args.repeats, args.official_repo)),
-              flush=True)
+        bench_common.emit_result(_worker(args.worker, args.repeats, args.official_repo))
         return
     results = {}
     for size in args.sizes:
@@ -438,9 +400,7 @@ def main() -> None:
                 entry = results.get(f"jax_paper_{dtype}", {})
                 if "step_s" in entry:
                     entry["tflops"] = round(TFLOP_PER_PAPER_STEP / entry["step_s"], 3)
-    import platform
-
-    results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    results["machine"] = bench_common.machine()
     print(json.dumps(results))
 
 
