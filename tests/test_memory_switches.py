@@ -12,7 +12,9 @@ from oclr_jax.modules.transformer import (
     TransformerStack,
     chunk_rows,
     chunked_attend,
+    inference_block_rows,
 )
+from oclr_jax.modules import transformer
 
 SMALL = {"unet_features": 4, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
 
@@ -24,6 +26,47 @@ def test_chunk_rows_divides_the_query_length():
     assert chunk_rows(12, 5) == 4
     with pytest.raises(ValueError, match="attention_chunk"):
         chunk_rows(12, -1)
+
+
+def test_inference_block_rows_fit_the_budget_and_prefer_multiples_of_8():
+    # paper encoder at batch 1: 3360 x 3360 scores x 8 heads = 361 MB -> 120-row blocks (15 MB)
+    assert inference_block_rows(1, 3360, 3360, 8) == 120
+    assert inference_block_rows(4, 3360, 3360, 8) == 32  # batch 4: at most 39 rows
+    assert inference_block_rows(2, 224, 224, 8) == 0     # small: one dense block
+    assert inference_block_rows(1, 90, 3360, 8) == 0     # decoder cross-attention
+    assert inference_block_rows(1, 3359, 3359, 8) == 0   # a prime length: no useful blocks
+    rows = inference_block_rows(1, 3360, 3360, 8)
+    assert rows * 3360 * 8 * 4 <= transformer.INFERENCE_BLOCK_BYTES
+
+
+def test_dense_inference_in_row_blocks_equals_one_block(monkeypatch):
+    """With a tiny budget the module's inference path runs in row blocks; outputs equal the
+    training path without dropout (one dense block) and an independent float64 computation."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 24, 8))
+    allowed = other_frames_allowed(4, 6)
+    module = MultiHeadAttention(2, dropout_rate=0.1, deterministic=True)
+    params = module.init(jax.random.PRNGKey(0), x, x, allowed)
+    one_block = module.apply(params, x, x, allowed)
+    monkeypatch.setattr(transformer, "INFERENCE_BLOCK_BYTES", 2 * 2 * 24 * 4 * 8)  # 8 rows
+    assert inference_block_rows(2, 24, 24, 2) == 8
+    blocks = module.apply(params, x, x, allowed)
+    np.testing.assert_allclose(blocks, one_block, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(lambda p: module.apply(p, x, x, allowed))(params))
+    assert "scan" in jaxpr  # the blocked path really ran
+    # training with dropout keeps one block (its masks); without dropout it may block
+    train = MultiHeadAttention(2, dropout_rate=0.1, deterministic=False)
+    jaxpr = str(jax.make_jaxpr(lambda p: train.apply(p, x, x, allowed, rngs={
+        "dropout": jax.random.PRNGKey(1)}))(params))
+    assert "scan" not in jaxpr
+    # an independent reference of the whole module: projections + attention in float64
+    w = params["params"]
+    kernel, bias = np.float64(w["in_proj_kernel"]), np.float64(w["in_proj_bias"])
+    qkv = np.float64(x) @ kernel + bias
+    split = lambda a: a.reshape(2, 24, 2, 4)  # noqa: E731
+    q, k, v = (split(qkv[..., i * 8:(i + 1) * 8]) for i in range(3))
+    attended = _dense_reference(q, k, v, np.asarray(allowed)).reshape(2, 24, 8)
+    expected = attended @ np.float64(w["out_proj"]["kernel"]) + np.float64(w["out_proj"]["bias"])
+    np.testing.assert_allclose(blocks, expected, atol=1e-5)
 
 
 def _attention_inputs(length=24, heads=2, dim=4, seed=0):
