@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from oclr_jax.model import OCLR, init_params, other_frames_allowed
+from oclr_jax.modules import transformer
 from oclr_jax.modules.transformer import (
     EncoderLayer,
     MultiHeadAttention,
@@ -14,7 +15,6 @@ from oclr_jax.modules.transformer import (
     chunked_attend,
     inference_block_rows,
 )
-from oclr_jax.modules import transformer
 
 SMALL = {"unet_features": 4, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
 
