@@ -284,3 +284,43 @@ def test_synthetic_num_objects_picks_those_sequences_in_order():
     config.data.synthetic_num_objects = (2,)
     with pytest.raises(ValueError, match="synthetic_num_objects"):
         train_data.synthetic_sequence_index(config, "syn_single", 0)
+
+
+def test_export_any_checkpoint_step_as_a_model_folder(tmp_path, capsys):
+    from oclr_jax.checkpoint import load_checkpoint
+    from oclr_jax.errors import run_cli
+    from oclr_jax.train import export
+
+    workdir = str(tmp_path / "run")
+    final = train.train_and_evaluate(
+        small_config("train.num_steps=2", "train.checkpoint_every=1"), workdir,
+        devices=jax.devices()[:1], train_batches=moving_squares_batches,
+        compiler_options=FAST_COMPILE)
+    assert export.checkpoint_steps(workdir) == [1, 2]
+    assert run_cli(export.main, ["--workdir", workdir, "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["1", "2"]
+    assert run_cli(export.main, ["--workdir", workdir, "--step", "1",
+                                 "--out", str(tmp_path / "s1")]) == 0
+    assert run_cli(export.main, ["--workdir", workdir, "--out", str(tmp_path / "newest")]) == 0
+    _, newest, config = load_checkpoint(str(tmp_path / "newest"))
+    _, step1, _ = load_checkpoint(str(tmp_path / "s1"))
+    _, trainer_export, _ = load_checkpoint(os.path.join(workdir, "model"))
+    assert _max_abs_diff(newest, final.params) == 0.0
+    assert _max_abs_diff(newest, trainer_export) == 0.0
+    assert _max_abs_diff(step1, newest) > 0.0  # one more update
+    assert config.model.to_dict() == small_config().model.to_dict()
+    # an earlier export is replaced; mistakes are user errors that write nothing
+    assert run_cli(export.main, ["--workdir", workdir, "--step", "1",
+                                 "--out", str(tmp_path / "newest")]) == 0
+    capsys.readouterr()
+    assert run_cli(export.main, ["--workdir", workdir, "--step", "7",
+                                 "--out", str(tmp_path / "s7")]) == 2
+    assert "no checkpoint of step 7; the workdir has steps 1, 2" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s7")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert run_cli(export.main, ["--workdir", workdir, "--out", str(foreign)]) == 2
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert run_cli(export.main, ["--workdir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "not a training workdir" in capsys.readouterr().err
