@@ -134,16 +134,47 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_output_dir(path: str, flag: str, marker: str) -> str:
+def check_writable_parent(path: str, flag: str, what: str = "output folder") -> str:
+    """The nearest existing folder above `path`, where `path` will be created, or a UserError
+    if that is not a writable folder (a file, a read-only folder).  `what` names `path` in
+    the message ("output folder", "output file")."""
+    parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the {what}: {parent} is not a writable folder",
+                        f"{flag} {path}", f"give an {what} in a writable place")
+    return parent
+
+
+def check_output_dir(path: str, flag: str, marker: str, *,
+                     owned: Optional[Callable[[str], bool]] = None,
+                     replaces: bool = True) -> str:
     """The absolute path of an output folder a command may (re)write, or a UserError.
 
-    A command writes into a new folder, or replaces one that holds its own earlier output
-    (the `marker` file it writes there) or nothing at all; it refuses anything else, so that it
-    never deletes what it did not write.  Called before any work, so a bad path fails at once.
+    A command writes into a new folder, or one that holds its own earlier output (the `marker`
+    file it writes there) or nothing at all; it refuses anything else, so that it never
+    deletes or overwrites what it did not write.  Called before any work, so a bad path fails
+    at once.
 
-    Refused: a file; a folder holding files without `marker`; the working directory, one of its
-    ancestors, or the home folder (replacing them would pull the ground from under the user's
-    shell even when empty); a place whose nearest existing parent is not writable.
+    Refused: a file; a folder holding entries that are not the command's (no `marker`); a
+    place whose nearest existing parent is not writable, or an existing folder with entries
+    that is not writable; with `replaces`, also the working directory, one of its ancestors,
+    or the home folder (replacing them would pull the ground from under the user's shell
+    even when empty).
+
+    Args:
+      path: the folder as the user gave it (named so in the messages).
+      flag: the flag or argument that gave it ("--out", "OUT_DIR").
+      marker: the name of the file (or folder) the command writes in every output folder; a
+        folder holding it is the command's own.  With `owned`, a description of what marks
+        the command's folders, for the message.
+      owned: for commands whose folders are recognised otherwise (several marker names, a
+        set of files together, the files of an older version that wrote no marker): called
+        with the absolute path of an existing folder with entries, True if it is the
+        command's own.  Default: `marker` is among its entries.
+      replaces: True for a command that deletes and rewrites the whole folder (then the
+        working directory, its ancestors and the home folder are refused even when they are
+        its own).  False for one that only adds to the folder and resumes there (it never
+        removes the folder), where `--out .` in a folder of its own is fine.
     """
     absolute = os.path.abspath(path)
     if os.path.exists(absolute) and not os.path.isdir(absolute):
@@ -151,22 +182,30 @@ def check_output_dir(path: str, flag: str, marker: str) -> str:
                         "give a folder name that does not exist yet")
     cwd = os.path.abspath(os.getcwd())
     home = os.path.abspath(os.path.expanduser("~"))
-    if absolute == home or cwd == absolute or cwd.startswith(absolute.rstrip(os.sep) + os.sep):
+    if replaces and (absolute == home or cwd == absolute
+                     or cwd.startswith(absolute.rstrip(os.sep) + os.sep)):
         raise UserError("output folder is the working directory, one of its parents or the "
                         "home folder, which this command would replace", f"{flag} {path}",
                         "give a new folder, e.g. demo_out")
+    entries: list = []
     if os.path.isdir(absolute):
         try:
             entries = os.listdir(absolute)
         except OSError as e:
             raise UserError(f"cannot read the output folder ({e.strerror})", f"{flag} {path}",
                             "give a new folder") from None
-        if entries and marker not in entries:
-            raise UserError(f"output folder holds {len(entries)} entries that this command did "
-                            f"not write (no {marker} marker)", f"{flag} {path}",
-                            "give a new folder, or remove this one yourself")
-    parent = _nearest_existing(os.path.dirname(absolute))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the output folder: {parent} is not a writable folder",
-                        f"{flag} {path}", "give a folder in a writable place")
+        if entries and not (owned(absolute) if owned is not None else marker in entries):
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            raise UserError(f"output folder holds {count} that this command did not write "
+                            f"(no {marker} marker)", f"{flag} {path}",
+                            "give a new folder, or remove this one yourself" if replaces else
+                            "give a new or empty folder, or the folder of an earlier run to "
+                            "resume")
+    exists = os.path.isdir(absolute)
+    # Written into (or, replaced, emptied first): the folder itself must be writable.
+    if exists and (entries or not replaces) and not os.access(absolute, os.W_OK | os.X_OK):
+        raise UserError("output folder is not writable", f"{flag} {path}",
+                        "give a folder in a writable place")
+    if replaces or not exists:  # created or replaced from its parent
+        check_writable_parent(path, flag)
     return absolute

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from oclr_jax.data.build_tfds import descendants
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -60,27 +62,6 @@ def python_descendants(pid: int) -> list[int]:
                     found.append(child)
         except OSError:
             continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Process ids of every descendant of `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
     return found
 
 

@@ -128,8 +128,10 @@ def _check_args(args) -> None:
         raise UserError("is a file, not a folder", f"--data_dir {args.data_dir}")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids below `pid` (from /proc; empty where there is none)."""
+def descendants(pid: int) -> list[int]:
+    """Process ids of every descendant of `pid` (from /proc; empty where there is none).
+
+    Also the hostile tests' way of finding a command's worker processes (tests/hostile.py)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
@@ -175,7 +177,7 @@ def _stop_with_workers_on_signal() -> None:
         # exiting on purpose, so their exceptions are not reported.
         threading.excepthook = lambda args: None
         try:
-            workers = _descendants(os.getpid())
+            workers = descendants(os.getpid())
         except Exception:  # noqa: BLE001 - exiting matters more than the list
             workers = []
         for pid in workers:

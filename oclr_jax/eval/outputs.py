@@ -129,22 +129,24 @@ def write_overlays(out_dir: str, record: SequenceRecord, labels: np.ndarray) -> 
 OUTPUT_MARKER = ".oclr_eval_output"
 
 
+def _is_eval_output(folder: str) -> bool:
+    """Holds eval's marker, or `results.json` or `sequences/` of a run made before markers."""
+    return (os.path.exists(os.path.join(folder, OUTPUT_MARKER))
+            or os.path.isfile(os.path.join(folder, "results.json"))
+            or os.path.isdir(os.path.join(folder, "sequences")))
+
+
 def claim_output_dir(out_dir: str) -> None:
     """Checks `--out` before any work (`mark_output_dir` marks it when the work starts).
 
     eval writes into a new folder or one holding an earlier eval output (the marker, or
-    `results.json` and `sequences/` of a run made before markers existed); it refuses a
-    file, an unwritable place, or a folder of other files, whose masks it would overwrite.
+    `results.json` or `sequences/` of a run made before markers existed); it refuses a file,
+    an unwritable place, the working directory or one of its parents, or a folder of other
+    files, whose masks it would overwrite (`errors.check_output_dir`).
     """
     from oclr_jax.errors import check_output_dir
 
-    legacy = (os.path.isfile(os.path.join(out_dir, "results.json"))
-              or os.path.isdir(os.path.join(out_dir, "sequences")))
-    if not legacy:
-        check_output_dir(out_dir, "--out", OUTPUT_MARKER)
-    elif not os.access(out_dir, os.W_OK):
-        from oclr_jax.errors import UserError
-        raise UserError("output folder is not writable", f"--out {out_dir}")
+    check_output_dir(out_dir, "--out", OUTPUT_MARKER, owned=_is_eval_output)
 
 
 def mark_output_dir(out_dir: str) -> None:

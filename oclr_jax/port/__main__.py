@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from oclr_jax.checkpoint import CheckpointError
+    from oclr_jax.errors import UserError
     from oclr_jax.port import commands
-    from oclr_jax.port.convert import PortError
 
     try:
         if args.command == "from-torch":
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
         else:
             report = commands.to_torch(args.checkpoint, args.out_path, overwrite=args.overwrite,
                                        wrap=not args.bare)
-    except (PortError, CheckpointError) as error:
+    except UserError as error:  # PortError, CheckpointError, an output folder refused
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary())

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Optional
 
+from oclr_jax.errors import check_output_dir, check_writable_parent
 from oclr_jax.port.convert import (
     ModelConfig,
     PortError,
@@ -45,27 +46,25 @@ class PortReport:
         return "\n".join(lines)
 
 
+def _is_checkpoint_folder(folder: str) -> bool:
+    return (os.path.isfile(os.path.join(folder, "config.json"))
+            and os.path.isdir(os.path.join(folder, "params")))
+
+
 def _refuse_existing(path: str, overwrite: bool, folder: bool = False) -> None:
-    """Output checks before any work: exists without --overwrite, the wrong kind of thing,
-    something --overwrite must not replace (a folder that is not a checkpoint: never delete
-    what we did not write), or an unwritable place."""
-    if os.path.exists(path):
-        if not overwrite:
-            raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
-        ours_or_empty = os.path.isdir(path) and (
-            not os.listdir(path) or (os.path.isfile(os.path.join(path, "config.json"))
-                                     and os.path.isdir(os.path.join(path, "params"))))
-        if folder and not ours_or_empty:
-            raise PortError(f"{path}: --overwrite replaces only an oclr-jax checkpoint folder "
-                            "(config.json + params/) or an empty folder; this is something "
-                            "else: choose another output folder")
-        if not folder and not os.path.isfile(path):
-            raise PortError(f"{path}: --overwrite replaces only a file; this is a folder")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise PortError(f"{path}: cannot write here ({parent} is not a writable folder)")
+    """Output checks before any work: exists without --overwrite (the port's own rule), then
+    the rule of every command's outputs (`errors.check_output_dir`): --overwrite replaces only
+    an oclr-jax checkpoint folder (config.json + params/) or an empty folder, never a file, the
+    working directory or what we did not write; a single output file replaces only a file.
+    Either is refused in an unwritable place."""
+    if os.path.exists(path) and not overwrite:
+        raise PortError(f"{path}: already exists (pass --overwrite to replace it)")
+    if folder:
+        check_output_dir(path, "OUT_DIR", "config.json and params/", owned=_is_checkpoint_folder)
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise PortError(f"{path}: --overwrite replaces only a file; this is a folder")
+    check_writable_parent(path, "OUT.pth", "output file")
 
 
 def from_torch(pth_path: str, out_dir: str, overwrite: bool = False,

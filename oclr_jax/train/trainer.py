@@ -39,7 +39,7 @@ from oclr_jax.atomic import atomic_write_text
 from oclr_jax.checkpoint import save_checkpoint
 from oclr_jax.config.loading import load_config, parse_value, split_config_overrides
 from oclr_jax.data.official_layout import LayoutError
-from oclr_jax.errors import UserError
+from oclr_jax.errors import UserError, check_output_dir
 from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import optim
@@ -127,12 +127,7 @@ def write_config_record(config, workdir: str) -> None:
     """`DIR/train_config.json` (atomic).  Refuses to resume a workdir made for another model."""
     path = os.path.join(workdir, CONFIG_FILE)
     record = config.to_dict()
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if json.loads(json.dumps(previous.get("model"))) != json.loads(json.dumps(record["model"])):
-            raise ValueError(f"{path}: this workdir trained a different model "
-                             f"({previous.get('model')}); use a new --workdir")
+    _check_workdir_model(config, workdir)
     if jax.process_index() == 0:
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=list))
 
@@ -324,7 +319,9 @@ def _parse_args(argv):
 
 
 def _check_workdir_model(config, workdir: str) -> None:
-    """Raises ValueError if `workdir` trained another model (as write_config_record does)."""
+    """Raises ValueError if `workdir` trained another model (or its record is unreadable).
+
+    `main` calls it before any work; `write_config_record` again before it writes."""
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(path):
         try:
@@ -344,7 +341,6 @@ WORKDIR_MARKERS = (CONFIG_FILE, CHECKPOINT_DIR)  # a folder holding either is a 
 def check_inputs(config, workdir: str) -> None:
     """Everything a user can get wrong, checked before any work; raises UserError naming it."""
     from oclr_jax.config.checks import check_config
-    from oclr_jax.errors import UserError
 
     check_config(config)
     data = config.data
@@ -379,19 +375,10 @@ def check_inputs(config, workdir: str) -> None:
             raise UserError(f"the checkpoint's model differs from this config's: "
                             f"{', '.join(different)}", where,
                             "warm-start from a checkpoint of the same model")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError("workdir is a file, not a folder", f"--workdir {workdir}")
-    if os.path.isdir(workdir):
-        entries = os.listdir(workdir)
-        if entries and not any(m in entries for m in WORKDIR_MARKERS):
-            raise UserError(f"workdir holds {len(entries)} entries that training did not write "
-                            f"(no {CONFIG_FILE} or {CHECKPOINT_DIR}/)", f"--workdir {workdir}",
-                            "give a new folder, or the workdir of the run to resume")
-    parent = os.path.dirname(os.path.abspath(workdir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent if not os.path.isdir(workdir) else workdir, os.W_OK):
-        raise UserError("workdir is not writable", f"--workdir {workdir}")
+    # A workdir is added to and resumed, never replaced as a whole: `--workdir .` is fine.
+    check_output_dir(workdir, "--workdir", f"{CONFIG_FILE} or {CHECKPOINT_DIR}/", replaces=False,
+                     owned=lambda folder: any(os.path.exists(os.path.join(folder, marker))
+                                              for marker in WORKDIR_MARKERS))
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import sys
 
 from oclr_jax.data.synth.plan import SPLITS, composition_counts, plan_split
 from oclr_jax.data.synth.scene import FLOW_MODES, RenderOptions
-from oclr_jax.errors import run_cli
+from oclr_jax.errors import UserError, run_cli
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"generate": _generate, "show": _show, "plan": _plan}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

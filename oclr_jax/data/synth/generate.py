@@ -24,6 +24,7 @@ from oclr_jax.data.synth.plan import SPLITS, spec_for_index
 from oclr_jax.data.synth.render import GENERATOR_VERSION, render_sequence
 from oclr_jax.data.synth.scene import RenderOptions
 from oclr_jax.data.synth.writer import TEMP_FOLDER, SequenceWriter, is_complete, remove_stale_staging
+from oclr_jax.errors import check_output_dir
 
 MANIFEST = "synth_manifest.json"
 
@@ -101,16 +102,14 @@ def _holds_sequences(out_dir: str) -> bool:
 def check_manifest(out_dir: str, expected: dict) -> None:
     """Writes the manifest, or raises if the folder holds a dataset made differently.
 
-    A folder that is not ours (files but no manifest) is refused: the generator never writes
-    into a folder it did not make.  A manifest with no sequence beside it (a run that stopped
-    before writing any) is replaced.
+    A folder that is not ours (a file, files but no manifest, an unwritable place) is refused
+    with a UserError (`errors.check_output_dir`): the generator never writes into a folder it
+    did not make.  A manifest with no sequence beside it (a run that stopped before writing
+    any) is replaced; one with other settings raises ValueError.
     """
+    # Added to, never replaced (resume): `--out .` in a folder of ours is fine.
+    check_output_dir(out_dir, "--out", MANIFEST, replaces=False)
     path = os.path.join(out_dir, MANIFEST)
-    if os.path.isfile(out_dir) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
-        raise ValueError(f"--out {out_dir}: is a file, not a folder")
-    if os.path.isdir(out_dir) and not os.path.exists(path) and os.listdir(out_dir):
-        raise ValueError(f"--out {out_dir}: folder holds files that the generator did not write "
-                         f"(no {MANIFEST}); choose a new or empty folder")
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -131,8 +130,6 @@ def check_manifest(out_dir: str, expected: dict) -> None:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--out {out_dir}: cannot create the folder ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"--out {out_dir}: folder is not writable")
     atomic_write_text(path, json.dumps(expected, indent=1, sort_keys=True))
 
 
@@ -199,6 +196,8 @@ def generate(split: str, out_dir: str, *, num_sequences: int | None = None, seed
       shard: `(k, n)`: this call does the indices `i` with `i % n == k`.
     Raises:
       SequenceGenerationError: naming the index and seed of the first sequence that failed.
+      UserError: `out_dir` is not a folder the generator may write (`check_manifest`).
+      ValueError: a bad argument, or `out_dir` holds a split made with other settings.
     """
     options = options or RenderOptions()
     if split not in SPLITS:
