@@ -291,12 +291,24 @@ def test_export_any_checkpoint_step_as_a_model_folder(tmp_path, capsys):
     from oclr_jax.errors import run_cli
     from oclr_jax.train import export
 
+    from oclr_jax.train.state_io import read_meta
+
     workdir = str(tmp_path / "run")
-    final = train.train_and_evaluate(
-        small_config("train.num_steps=2", "train.checkpoint_every=1"), workdir,
-        devices=jax.devices()[:1], train_batches=moving_squares_batches,
-        compiler_options=FAST_COMPILE)
+    config = small_config("train.num_steps=2", "train.checkpoint_every=1")
+    run = lambda **kw: train.train_and_evaluate(  # noqa: E731
+        config, workdir, devices=jax.devices()[:1], train_batches=moving_squares_batches,
+        compiler_options=FAST_COMPILE, **kw)
+    import time
+
+    start = time.process_time()
+    run(stop_at_step=1)
+    first, first_call = read_meta(workdir, 1)["cpu_seconds"], time.process_time() - start
+    start = time.process_time()
+    final = run()  # resumes at 1: the record adds this call's CPU time to the first's
+    second_call = time.process_time() - start
     assert export.checkpoint_steps(workdir) == [1, 2]
+    assert 0 < first <= first_call + 0.1
+    assert first <= read_meta(workdir, 2)["cpu_seconds"] <= first + second_call + 0.1
     assert run_cli(export.main, ["--workdir", workdir, "--list"]) == 0
     assert capsys.readouterr().out.split() == ["1", "2"]
     assert run_cli(export.main, ["--workdir", workdir, "--step", "1",

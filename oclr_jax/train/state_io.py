@@ -28,9 +28,16 @@ def checkpoint_manager(workdir: str, config):
                                  options=options)
 
 
-def save_state(manager, state: TrainState) -> None:
+META_ITEM = "meta"
+
+
+def save_state(manager, state: TrainState, cpu_seconds: Optional[float] = None) -> None:
+    """Saves `state`; `cpu_seconds` (the run's CPU time so far, over every resumption) goes
+    into the JSON record beside it, for learning curves against compute."""
     step = int(jax.device_get(state.step))
     meta = {"step": step, "data_position": step}
+    if cpu_seconds is not None:
+        meta["cpu_seconds"] = round(float(cpu_seconds), 1)
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
         meta=ocp.args.JsonSave(meta)), force=True)
@@ -49,3 +56,15 @@ def restore_latest(manager, abstract_state: TrainState) -> Optional[TrainState]:
         raise ValueError(f"checkpoint {step} in {manager.directory}: data position "
                          f"{restored['meta']['data_position']} != step {state.step}")
     return state
+
+
+def read_meta(workdir: str, step: int) -> dict:
+    """The JSON record saved with checkpoint `step` ({} if it has none or is unreadable)."""
+    import json
+
+    path = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(step), META_ITEM, "metadata")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}

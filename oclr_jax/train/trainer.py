@@ -43,7 +43,13 @@ from oclr_jax.errors import UserError, check_output_dir
 from oclr_jax.model import model_from_config
 from oclr_jax.train import batches as train_data
 from oclr_jax.train import optim
-from oclr_jax.train.state_io import CHECKPOINT_DIR, checkpoint_manager, restore_latest, save_state
+from oclr_jax.train.state_io import (
+    CHECKPOINT_DIR,
+    checkpoint_manager,
+    read_meta,
+    restore_latest,
+    save_state,
+)
 from oclr_jax.train.step import (
     EVAL_KEYS,
     TRAIN_KEYS,
@@ -157,9 +163,15 @@ def _write(writer, prefix: str, values: dict, step: int) -> None:
 
 
 def _train_loop(config, state, batches, train_step, eval_step, val_batches, manager, writer,
-                mesh, last_step: int):
-    """Steps `state` to `last_step` (or a preemption).  Returns (state, preempted)."""
+                mesh, last_step: int, cpu_seconds_before: float = 0.0):
+    """Steps `state` to `last_step` (or a preemption).  Returns (state, preempted).
+
+    `cpu_seconds_before`: the CPU time of the run before this process (from the resumed
+    checkpoint); checkpoints and summaries carry the total, `cpu_hours`.
+    """
     train = config.train
+    cpu_start = time.process_time()
+    cpu_seconds = lambda: cpu_seconds_before + time.process_time() - cpu_start  # noqa: E731
     start_step, num_steps = int(jax.device_get(state.step)), int(train.num_steps)
     rows = sharding.process_batch_size(train.batch_size)
     progress = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True,
@@ -181,6 +193,7 @@ def _train_loop(config, state, batches, train_step, eval_step, val_batches, mana
                 summary = _mean_metrics(history)  # waits for the steps so far
                 now = time.perf_counter()
                 summary["steps_per_sec"] = (step - tick_step) / (now - tick)
+                summary["cpu_hours"] = cpu_seconds() / 3600.0
                 history, tick, tick_step = [], now, step
                 progress.set_postfix(loss=f"{summary['loss']:.4f}",
                                      lr=f"{summary['learning_rate']:.2e}")
@@ -188,7 +201,7 @@ def _train_loop(config, state, batches, train_step, eval_step, val_batches, mana
             preempted = preemption.reached(step)
             # Saved before Syn-Val runs, so a failing evaluation loses no training.
             if step % int(train.checkpoint_every) == 0 or step == last_step or preempted:
-                save_state(manager, state)
+                save_state(manager, state, cpu_seconds())
             if preempted:
                 logging.warning("stopped by a signal: saved step %d; rerun the same command "
                                 "to continue", step)
@@ -254,8 +267,11 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     batches = train_batches(config, process_index=jax.process_index(),
                             process_count=jax.process_count(), start_step=start_step)
     try:
+        cpu_before = float(read_meta(workdir, start_step).get("cpu_seconds", 0.0)) if (
+            start_step and manager.latest_step() == start_step) else 0.0
         state, preempted = _train_loop(config, state, batches, train_step, eval_step,
-                                       val_batches, manager, writer, mesh, last_step)
+                                       val_batches, manager, writer, mesh, last_step,
+                                       cpu_before)
     finally:
         manager.wait_until_finished()  # async saves complete even when a step raised
         manager.close()
