@@ -11,14 +11,21 @@ from PIL import Image
 from oclr_jax.demo import run as demo
 
 # Floors for the shipped checkpoint, below what docs/demo.md measured (the issue's targets are
-# not met yet; these hold it to what it does). Modal J on the first 16 frames of the default
-# clip (three overlapping objects): measured 0.28, the front object found (J 0.85), the other
-# two not; an untrained model scores about 0.05.
-SHIPPED_MODAL_J_FLOOR = 0.2
+# not all met yet; these hold it to what it does). Modal J on the first 16 frames of the default
+# clip (three overlapping objects): measured 0.49 (objects 2 and 3 found, J 0.56 and 0.92;
+# object 1 not); the checkpoint before, which found the front object only, 0.28; an untrained
+# model about 0.05.
+SHIPPED_MODAL_J_FLOOR = 0.4
 # Spread (std over clips, mean over layers) of the first window's order logits on Syn-Val
-# seed 0 clips 0-5: measured 0.0036; the previous checkpoint, whose order head ignored its
-# input, 0.00024.
-SHIPPED_ORDER_LOGIT_STD_FLOOR = 0.0015
+# seed 0 clips 0-5: measured 0.021; the checkpoint before 0.0036, the one before that, whose
+# order head ignored its input, 0.00024.
+SHIPPED_ORDER_LOGIT_STD_FLOOR = 0.01
+# The first 48 sequences of the held-out set (Syn-Val seed 7, which training never reads), as
+# `python -m oclr_jax.eval --dataset synval` scores them: measured modal J 0.719, on 2-object
+# clips 0.760, on 3-object clips 0.494 (all 192: 0.750, 0.798, 0.503); the checkpoint before:
+# about 0.54, 0.41, 0.27.
+HELDOUT_FLOORS = {"J_modal": 0.65, "J_modal_2obj": 0.65, "J_modal_3obj": 0.40,
+                  "order_logit_std": 0.01}
 
 
 def _decodes(path):
@@ -98,6 +105,31 @@ def test_shipped_order_logits_depend_on_the_clip():
         logits.append(prediction.order_logits[0])
     spread = float(np.std(np.stack(logits), axis=0).mean())
     assert spread > SHIPPED_ORDER_LOGIT_STD_FLOOR, np.stack(logits)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_on_heldout_syn_val(tmp_path):
+    """The shipped model on the first 48 held-out sequences, generated and scored by the
+    commands a user runs (docs/demo.md)."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+    env.pop("XLA_FLAGS", None)
+    heldout, out = str(tmp_path / "heldout"), str(tmp_path / "eval")
+    for command in (["oclr_jax.data.synth", "generate", "--split", "syn_val", "--seed", "7",
+                     "--num-sequences", "48", "--resolution", "64x112", "--frames", "8",
+                     "--out", heldout],
+                    ["oclr_jax.eval", "--dataset", "synval", "--data-dir", heldout,
+                     "--sequences", "all", "--checkpoint", demo.DEFAULT_CHECKPOINT, "--out", out]):
+        proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                              cwd=repo, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]
+    assert summary["sequences"] == 48
+    for key, floor in HELDOUT_FLOORS.items():
+        assert summary[key] > floor, (key, summary)
 
 
 @pytest.mark.slow
