@@ -53,6 +53,10 @@ def test_dense_inference_in_row_blocks_equals_one_block(monkeypatch):
     np.testing.assert_allclose(blocks, one_block, atol=1e-6)
     jaxpr = str(jax.make_jaxpr(lambda p: module.apply(p, x, x, allowed))(params))
     assert "scan" in jaxpr  # the blocked path really ran
+    # a program traced here for another target (tools/aot_tpu.py) turns the blocks off
+    monkeypatch.setattr(transformer, "CPU_INFERENCE_BLOCKS", False)
+    assert "scan" not in str(jax.make_jaxpr(lambda p: module.apply(p, x, x, allowed))(params))
+    monkeypatch.setattr(transformer, "CPU_INFERENCE_BLOCKS", True)
     # training with dropout keeps one block (its masks); without dropout it may block
     train = MultiHeadAttention(2, dropout_rate=0.1, deterministic=False)
     jaxpr = str(jax.make_jaxpr(lambda p: train.apply(p, x, x, allowed, rngs={

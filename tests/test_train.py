@@ -290,7 +290,6 @@ def test_export_any_checkpoint_step_as_a_model_folder(tmp_path, capsys):
     from oclr_jax.checkpoint import load_checkpoint
     from oclr_jax.errors import run_cli
     from oclr_jax.train import export
-
     from oclr_jax.train.state_io import read_meta
 
     workdir = str(tmp_path / "run")

@@ -262,6 +262,9 @@ def main(argv=None) -> int:
 
     import jax
 
+    if args.platform == "tpu":  # trace what a TPU host traces: no CPU-only attention blocks
+        from oclr_jax.modules import transformer
+        transformer.CPU_INFERENCE_BLOCKS = False
     topologies = args.topology or (["cpu"] if args.platform == "cpu" else DEFAULT_TOPOLOGIES)
     combos = list(itertools.product(args.step or ["train"], args.dtype or ["bfloat16"],
                                     args.remat or [False], args.matcher or [None]))

@@ -40,6 +40,10 @@ DEFAULT_CHUNK_ROWS = 256  # attention_chunk=0 means blocks of at most this many 
 # (1, 3360 tokens, 8 heads): dense 370-400 ms per attention; blocks of 84-168 rows 200-213 ms.
 INFERENCE_BLOCK_BYTES = 16 * 2**20
 MIN_BLOCK_ROWS = 8
+# The blocks are chosen when tracing on a CPU backend.  A program traced on a CPU host but
+# compiled for another target (tools/aot_tpu.py) sets this False to get the one-block form
+# the target would trace itself.
+CPU_INFERENCE_BLOCKS = True
 
 
 def dense(features: int, fan_in: int, dtype: Dtype, name: str) -> nn.Dense:
@@ -232,7 +236,8 @@ class MultiHeadAttention(nn.Module):
     def _inference_rows(self, q: jnp.ndarray, k: jnp.ndarray) -> int:
         """Row blocks for 'dense' without dropout on CPU (0: one dense block); training and
         accelerators keep the one-block form (its dropout masks; cuBLAS/TPU prefer it)."""
-        if not (self.deterministic or self.dropout_rate == 0.0) or jax.default_backend() != "cpu":
+        if (not (self.deterministic or self.dropout_rate == 0.0) or not CPU_INFERENCE_BLOCKS
+                or jax.default_backend() != "cpu"):
             return 0
         return inference_block_rows(q.shape[0], q.shape[1], k.shape[1], self.num_heads)
 
