@@ -1,7 +1,7 @@
 """Learning curve of a training run on a fixed held-out Syn-Val set; resumable.
 
 For every checkpoint step of `--workdir` (every `--every` steps) not yet in `OUT/curve.csv`,
-exports the step (`python -m oclr_jax.train.export`), evaluates it with
+exports the step (as `python -m oclr_jax.train.export` does), evaluates it with
 `python -m oclr_jax.eval --dataset synval --sequences all` on `--data-dir`, and adds one row:
 step, the run's CPU-hours at that checkpoint (recorded by the trainer), modal and amodal J,
 J on sequences with 1, 2 and 3 objects, order accuracy over overlapping pairs and the spread
@@ -59,11 +59,12 @@ def _run(args: list) -> None:
 
 
 def evaluate_step(workdir: str, step: int, data_dir: str, out: str, keep_models: bool) -> dict:
+    from oclr_jax.train import export
     from oclr_jax.train.state_io import read_meta
 
     model_dir = os.path.join(out, "models", str(step))
     eval_dir = os.path.join(out, "evals", str(step))
-    _run(["oclr_jax.train.export", "--workdir", workdir, "--step", str(step), "--out", model_dir])
+    export.export_step(workdir, step, model_dir)
     _run(["oclr_jax.eval", "--dataset", "synval", "--data-dir", data_dir, "--sequences", "all",
           "--checkpoint", model_dir, "--out", eval_dir])
     with open(os.path.join(eval_dir, "results.json")) as f:
@@ -116,4 +117,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from oclr_jax.errors import run_cli
+
+    sys.exit(run_cli(main))

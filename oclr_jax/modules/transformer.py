@@ -209,13 +209,13 @@ class MultiHeadAttention(nn.Module):
             return x.reshape(*x.shape[:-1], self.num_heads, head_dim)
 
         q, k, v = split_heads(q), split_heads(k), split_heads(v)
+        rows = self._inference_rows(q, k) if self.attention == "dense" else 0
         if self.attention == "chunked":
             dropout = not self.deterministic and self.dropout_rate > 0.0
             key = self.make_rng("dropout") if dropout else None
             attended = chunked_attend(q, k, v, allowed, key, self.dropout_rate, self.dtype,
                                       self.attention_chunk)
-        elif self.attention == "dense" and self._inference_rows(q, k):
-            rows = self._inference_rows(q, k)
+        elif rows:
             attended = _scan_row_blocks(
                 lambda q_rows, allowed_rows, _: _attend(q_rows, k, v, allowed_rows, None, 0.0,
                                                         self.dtype), q, allowed, rows)

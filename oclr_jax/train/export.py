@@ -19,11 +19,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from oclr_jax.checkpoint import CONFIG_FILE as MODEL_MARKER  # what marks a model folder
+from oclr_jax.checkpoint import config_from_json, save_checkpoint
 from oclr_jax.errors import UserError, check_output_dir, run_cli
+from oclr_jax.train.state_io import CHECKPOINT_DIR
 
-TRAIN_CONFIG_FILE = "train_config.json"  # written by the trainer (trainer.CONFIG_FILE)
-CHECKPOINT_DIR = "checkpoints"           # state_io.CHECKPOINT_DIR
-MODEL_MARKER = "config.json"             # an exported model folder (checkpoint.CONFIG_FILE)
+# trainer.CONFIG_FILE, not imported: the trainer module takes seconds to import (TensorBoard).
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def checkpoint_steps(workdir: str) -> list:
@@ -37,8 +39,6 @@ def checkpoint_steps(workdir: str) -> list:
 
 
 def _read_config(workdir: str):
-    from oclr_jax.checkpoint import config_from_json
-
     path = os.path.join(workdir, TRAIN_CONFIG_FILE)
     try:
         with open(path) as f:
@@ -71,8 +71,6 @@ def restore_params(workdir: str, step: int):
 
 def export_step(workdir: str, step: Optional[int], out: str) -> tuple:
     """Writes checkpoint `step` (None: the newest) of `workdir` to `out`.  Returns (step, path)."""
-    from oclr_jax.checkpoint import save_checkpoint
-
     config = _read_config(workdir)
     steps = checkpoint_steps(workdir)
     if not steps:

@@ -267,8 +267,9 @@ def train_and_evaluate(config, workdir: str, *, train_batches: Optional[BatchesF
     batches = train_batches(config, process_index=jax.process_index(),
                             process_count=jax.process_count(), start_step=start_step)
     try:
+        # A state at step > 0 was restored from the newest checkpoint: continue its count.
         cpu_before = float(read_meta(workdir, start_step).get("cpu_seconds", 0.0)) if (
-            start_step and manager.latest_step() == start_step) else 0.0
+            start_step) else 0.0
         state, preempted = _train_loop(config, state, batches, train_step, eval_step,
                                        val_batches, manager, writer, mesh, last_step,
                                        cpu_before)
