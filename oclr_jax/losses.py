@@ -120,7 +120,9 @@ def boundary_loss(amodal_logits: jnp.ndarray, gt_amodal: jnp.ndarray, width: int
     """BCE of `sigmoid(pred) * strip` vs `gt * strip`, renormalised by numel / strip area."""
     strip = jax.lax.stop_gradient(boundary_strip(gt_amodal, width))
     bce = binary_cross_entropy(jax.nn.sigmoid(amodal_logits) * strip, gt_amodal * strip)
-    return jnp.mean(bce) / (jnp.sum(strip) + 1e-12) * strip.size
+    # float: a pod's global batch has more than 2**31 elements (4096 paper-size sequences:
+    # 1.06e10), which a Python int would overflow as a jitted int32 constant.
+    return jnp.mean(bce) / (jnp.sum(strip) + 1e-12) * float(strip.size)
 
 
 def order_probabilities(order_logits: jnp.ndarray) -> jnp.ndarray:

@@ -51,3 +51,16 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
     assert 0 < record["argument_gb"] < record["hbm_capacity_gb"]
     assert 0 < record["temp_gb"] < 1.0 and record["hbm_fraction"] < 0.1
     assert record["tflop_per_chip"] > 0 and record["gb_accessed_per_chip"] > 0
+
+
+def test_devices_per_chip_and_capacity_per_device():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import aot_tpu
+
+    assert aot_tpu.topology_chips("v5e:16x16") == 256 and aot_tpu.topology_chips("v4:2x2x2") == 8
+    assert aot_tpu.devices_per_chip("v5e:2x2", 4) == 1
+    # compile-only v4 devices are TensorCores: 16 for 8 chips, each with half a chip's 32 GiB
+    assert aot_tpu.devices_per_chip("v4:2x2x2", 16) == 2
+    assert aot_tpu.hbm_capacity("v4:2x2x2", 2) == 16 * 2**30
+    assert aot_tpu.hbm_capacity("v5e:2x2") == 16 * 2**30
+    assert aot_tpu.hbm_capacity("v99:1x1") is None and aot_tpu.devices_per_chip("cpu", 8) == 1

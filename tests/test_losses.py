@@ -230,3 +230,16 @@ def test_losses_and_gradients_finite_on_saturated_and_nonfinite_outputs():
     assert all(np.all(np.isfinite(g)) for g in grads)
     # The neutralised elements get no gradient.
     assert grads[0][0, 0, 0, 0, 0] == 0 and grads[1][0, 0] == 0
+
+
+def test_losses_trace_at_pod_scale_global_batch():
+    """A v5e:16x16 pod at 16 paper-size sequences per chip is a global batch of 4096: the
+    boundary term's element count (1.06e10) exceeds int32 and once overflowed when traced.
+    Traced abstractly (nothing allocated), with gradients, as the train step does."""
+    shape = (4096, 30, 128, 224, 3)
+    logits = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    order = jax.ShapeDtypeStruct((4096, 3), jnp.float32)
+    gt = jax.ShapeDtypeStruct(shape, jnp.float32)
+    grad = jax.grad(lambda a, o, g: losses.oclr_losses(a, o, g, LOSS_CONFIG)[0], argnums=(0, 1))
+    out = jax.eval_shape(grad, logits, order, gt)
+    assert out[0].shape == shape and out[1].shape == (4096, 3)

@@ -64,8 +64,29 @@ def topology_devices(name: str):
     return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
 
 
-def hbm_capacity(topology: str):
-    return HBM_BYTES.get(topology.split(":")[0].lower())
+def topology_chips(topology: str) -> int:
+    """Chips in a slice name: the product of its dimensions ('v4:2x2x2' -> 8)."""
+    dims = topology.split(":", 1)[1] if ":" in topology else ""
+    try:
+        chips = 1
+        for dim in dims.lower().split("x"):
+            chips *= int(dim)
+        return chips
+    except ValueError:
+        return 0
+
+
+def devices_per_chip(topology: str, num_devices: int) -> int:
+    """1, or 2 where the compile-only devices are TensorCores (v4:2x2x2 gives 16 devices for
+    8 chips, each with half the chip's HBM: the compiler reports 15.25 GiB available)."""
+    chips = topology_chips(topology)
+    return num_devices // chips if chips and num_devices % chips == 0 and num_devices > chips else 1
+
+
+def hbm_capacity(topology: str, per_chip: int = 1):
+    """HBM bytes per device (a chip, or a TensorCore when `per_chip` devices share a chip)."""
+    capacity = HBM_BYTES.get(topology.split(":")[0].lower())
+    return capacity // per_chip if capacity else None
 
 
 def load_config(tiny: bool, overrides):
@@ -174,9 +195,14 @@ def _describe(config) -> dict:
 
 def run_one(config, topology: str, devices, per_chip_batch: int, step: str,
             compiler_options=None) -> dict:
-    record = {"tool": "aot_tpu", "topology": topology, "chips": len(devices), "step": step,
+    per_chip = devices_per_chip(topology, len(devices))
+    # `per_chip_batch` and the per-chip figures are per device: a chip, or a TensorCore where
+    # `devices_per_chip` is 2.
+    record = {"tool": "aot_tpu", "topology": topology,
+              "chips": len(devices) // per_chip, "devices": len(devices),
+              "devices_per_chip": per_chip, "step": step,
               "per_chip_batch": per_chip_batch, **_describe(config)}
-    capacity = hbm_capacity(topology)
+    capacity = hbm_capacity(topology, per_chip)
     if capacity:
         record["hbm_capacity_gb"] = round(capacity / GB, 2)
     record.update(compile_report(config, devices, per_chip_batch, step, compiler_options))
@@ -247,7 +273,9 @@ def parse_args(argv):
     parser.add_argument("--dtype", action="append", choices=("float32", "bfloat16"))
     parser.add_argument("--remat", action="append", type=_bool, help="true/false; repeatable")
     parser.add_argument("--matcher", action="append", choices=("permutations", "scipy"))
-    parser.add_argument("--per-chip-batch", type=int, action="append")
+    parser.add_argument("--per-chip-batch", type=int, action="append",
+                        help="sequences per device: a chip, or a TensorCore where the "
+                             "topology's devices are cores (v4: devices_per_chip 2)")
     parser.add_argument("--search", action="store_true",
                         help="find the largest per-chip batch that fits")
     parser.add_argument("--max-batch", type=int, default=32)
