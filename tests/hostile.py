@@ -99,6 +99,25 @@ def interrupt(process: subprocess.Popen, signum: int, timeout: float = 60) -> tu
     return process.returncode, err
 
 
+def interrupt_when_ready(start, ready, signum: int, reset, attempts: int = 3):
+    """Starts a job (`start()` -> Popen), waits until `ready(process)` is truthy, sends
+    `signum` and returns (ready's value, exit status, stderr).
+
+    On a loaded machine the job can finish between the moment it is seen ready and the signal
+    (exit 0: nothing was interrupted, nothing tested); then `reset()` clears its output and the
+    job is started again, up to `attempts` times.
+    """
+    for _ in range(attempts):
+        process = start()
+        value = ready(process)
+        status, err = interrupt(process, signum)
+        if status != 0 or signum == signal.SIGKILL:
+            return value, status, err
+        reset()
+    raise AssertionError(f"the job finished before {signal.Signals(signum).name} landed in "
+                         f"{attempts} attempts: nothing was interrupted")
+
+
 def tree_digest(root: str, skip=()) -> dict[str, str]:
     """relative path -> sha256 of every file under `root` (names in `skip` left out)."""
     digest = {}

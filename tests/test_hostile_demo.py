@@ -6,6 +6,7 @@ earlier output is replaced.  Broken checkpoints and videos are named; an interru
 half-written output.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -63,7 +64,13 @@ def test_own_output_is_replaced_and_interrupts_leave_no_half_output(tmp_path):
         interrupted += 1
         assert status == 128 + signum, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
-        assert hostile.tree_digest(str(out)) == before  # the old output, whole
+        after = hostile.tree_digest(str(out))
+        if after != before:
+            # On a loaded machine the signal can land after the new report was moved into
+            # place (the job then still ends as interrupted): the new output, whole.
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["frames"] == 64 and (out / "demo.webm").exists()
+            assert len([n for n in after if n.startswith("masks/")]) == 64
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert interrupted, "both runs finished before their signal: nothing was tested"
 

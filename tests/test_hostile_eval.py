@@ -279,13 +279,14 @@ def test_interrupted_eval_resumes_to_the_uninterrupted_result(tmp_path, checkpoi
     reference = run_model(data, checkpoint, tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
     out = tmp_path / "out"
-    process = hostile.start(MODULE, "--dataset", "segtrackv2", "--data-dir", data,
-                            "--checkpoint", checkpoint, "--out", out, "--sequences", "all",
-                            *SIZE_ARGS)
-    hostile.wait_for(lambda: os.path.isdir(out / "sequences") and [
-        n for n in os.listdir(out / "sequences") if n.endswith(".json") and not n.startswith(".")],
-        120, "a first scored sequence")
-    status, err = hostile.interrupt(process, signum)
+    _, status, err = hostile.interrupt_when_ready(
+        lambda: hostile.start(MODULE, "--dataset", "segtrackv2", "--data-dir", data,
+                              "--checkpoint", checkpoint, "--out", out, "--sequences", "all",
+                              *SIZE_ARGS),
+        lambda _: hostile.wait_for(lambda: os.path.isdir(out / "sequences") and [
+            n for n in os.listdir(out / "sequences")
+            if n.endswith(".json") and not n.startswith(".")], 120, "a first scored sequence"),
+        signum, lambda: shutil.rmtree(out))
     assert status == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "interrupted" in err, err[-3000:]
     assert not os.path.exists(out / "results.json")  # no half-finished table

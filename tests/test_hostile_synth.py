@@ -7,6 +7,7 @@ a rerun then completes with exactly the files of an uninterrupted run.
 """
 
 import os
+import shutil
 import signal
 
 import hostile
@@ -91,12 +92,18 @@ def test_bad_arguments(tmp_path, args, culprit):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_pool_ends_its_workers_and_resumes_identically(tmp_path, reference, signum):
     out = tmp_path / "out"
-    process = hostile.start(MODULE, "generate", *SMALL, "--workers", "2", "--out", out)
-    workers = hostile.wait_for(lambda: len(hostile.python_descendants(process.pid)) >= 2 and
-                               hostile.python_descendants(process.pid), 60, "the worker processes")
-    hostile.wait_for(lambda: os.path.isdir(out / "Metadata") and os.listdir(out / "Metadata"),
-                     60, "a first finished sequence")
-    status, err = hostile.interrupt(process, signum)
+
+    def ready(process):
+        workers = hostile.wait_for(lambda: len(hostile.python_descendants(process.pid)) >= 2 and
+                                   hostile.python_descendants(process.pid), 60,
+                                   "the worker processes")
+        hostile.wait_for(lambda: os.path.isdir(out / "Metadata") and os.listdir(out / "Metadata"),
+                         60, "a first finished sequence")
+        return workers
+
+    workers, status, err = hostile.interrupt_when_ready(
+        lambda: hostile.start(MODULE, "generate", *SMALL, "--workers", "2", "--out", out),
+        ready, signum, lambda: shutil.rmtree(out))
     if signum != signal.SIGKILL:
         assert status == 128 + signum, err[-3000:]
         assert "Traceback" not in err, err[-3000:]

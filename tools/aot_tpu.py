@@ -21,13 +21,7 @@ Usage (from the repository root):
 Figures are compile-only: XLA's estimates for the program, not measurements of a run.  XLA's
 cost analysis counts a while-loop body once, so FLOPs and bytes of programs with loops
 (model.attention=chunked, train.grad_accum_steps > 1) are underestimates (flagged in `note`);
-memory figures are not affected.  `--count-blocks` unrolls the scan over attention blocks (the
-same arithmetic without the loop) so that FLOPs and bytes count every block; the memory figures
-of that compile are the unrolled program's, not the rolled one's (take them from a run without
-the flag).
-
-  python tools/aot_tpu.py --topology v5e:2x2 --per-chip-batch 2 \
-      --set model.attention=chunked --count-blocks      # bytes accessed per sequence, all blocks
+memory figures are not affected.
 """
 
 from __future__ import annotations
@@ -208,14 +202,7 @@ def run_one(config, topology: str, devices, per_chip_batch: int, step: str,
     record.update(compile_report(config, devices, per_chip_batch, step, compiler_options))
     if capacity and record.get("fits"):
         record["hbm_fraction"] = round(record["hbm_gb"] * GB / capacity, 3)
-    from oclr_jax.modules import transformer
-    record["count_blocks"] = transformer.UNROLL_ROW_BLOCKS
-    if transformer.UNROLL_ROW_BLOCKS and record["attention"] == "chunked":
-        record["note"] = ("attention blocks unrolled: flops/bytes count every block; memory is "
-                          "the unrolled program's")
-        if record["grad_accum_steps"] > 1:
-            record["note"] += "; the microbatch loop is still counted once"
-    elif record["attention"] == "chunked" or record["grad_accum_steps"] > 1:
+    if record["attention"] == "chunked" or record["grad_accum_steps"] > 1:
         # Measured: chunked attention at the paper size on CPU gave fewer FLOPs than dense
         # (1.08 vs 1.30 TFLOP) although it recomputes more: XLA's cost analysis counts the
         # body of a while loop (the scan over blocks / microbatches) once, not per trip.
@@ -279,10 +266,6 @@ def parse_args(argv):
     parser.add_argument("--search", action="store_true",
                         help="find the largest per-chip batch that fits")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--count-blocks", action="store_true",
-                        help="unroll the scan over attention blocks so XLA's FLOPs and bytes "
-                             "count every block (memory figures are then the unrolled "
-                             "program's)")
     parser.add_argument("--tiny", action="store_true", help="configs/tiny.py (for tests)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override, e.g. model.attention=chunked")
@@ -307,10 +290,9 @@ def main(argv=None) -> int:
 
     import jax
 
-    from oclr_jax.modules import transformer
     if args.platform == "tpu":  # trace what a TPU host traces: no CPU-only attention blocks
+        from oclr_jax.modules import transformer
         transformer.CPU_INFERENCE_BLOCKS = False
-    transformer.UNROLL_ROW_BLOCKS = args.count_blocks
     topologies = args.topology or (["cpu"] if args.platform == "cpu" else DEFAULT_TOPOLOGIES)
     combos = list(itertools.product(args.step or ["train"], args.dtype or ["bfloat16"],
                                     args.remat or [False], args.matcher or [None]))

@@ -44,12 +44,6 @@ MIN_BLOCK_ROWS = 8
 # compiled for another target (tools/aot_tpu.py) sets this False to get the one-block form
 # the target would trace itself.
 CPU_INFERENCE_BLOCKS = True
-# XLA's cost analysis counts a loop body once, not once per trip, so the FLOPs and bytes of a
-# program with blocked attention leave out all blocks but one.  `tools/aot_tpu.py
-# --count-blocks` sets this True: the scan over row blocks is then fully unrolled (the same
-# arithmetic, no loop) and the cost analysis counts every block.  Memory figures of an unrolled
-# program are not those of the rolled one (blocks may be scheduled side by side).
-UNROLL_ROW_BLOCKS = False
 
 
 def dense(features: int, fan_in: int, dtype: Dtype, name: str) -> nn.Dense:
@@ -118,8 +112,7 @@ def _scan_row_blocks(block, q: jnp.ndarray, allowed: Optional[jnp.ndarray],
         q_rows, allowed_rows, index = inputs
         return None, block(q_rows, allowed_rows, index)
 
-    _, out = jax.lax.scan(body, None, (q_blocks, allowed_blocks, jnp.arange(blocks)),
-                          unroll=True if UNROLL_ROW_BLOCKS else 1)
+    _, out = jax.lax.scan(body, None, (q_blocks, allowed_blocks, jnp.arange(blocks)))
     return out.swapaxes(0, 1).reshape(b, length, g, d)
 
 
