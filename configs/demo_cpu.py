@@ -6,7 +6,9 @@ modal losses than the paper's 0.05 / 0.1 (measured in docs/demo.md).  One comman
 
     python -m oclr_jax.train --config configs/demo_cpu.py --workdir RUN
 
-To continue from the shipped params instead of from scratch (fresh optimizer, short warm-up):
+The shipped checkpoint is stage 3 of docs/demo.md: this config warm-started from the stage-2
+params (`--config.train.init_params_from=STAGE2`), step 14,000.  To continue from the shipped
+params instead of from scratch (fresh optimizer, short warm-up):
 `--config.train.init_params_from=oclr_jax/assets/demo_checkpoint`.
 """
 
@@ -25,8 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 4
     config.train.learning_rate = 3e-4
     config.train.warmup_steps = 200
-    config.train.decay_steps = 20_000
-    config.train.num_steps = 100_000         # stopped (SIGTERM saves) and exported by hand.
+    config.train.decay_steps = 6_400         # lr halves at steps 6,400, 12,800, ... (docs/demo.md)
+    config.train.num_steps = 100_000         # stopped (SIGTERM saves); the step with the best
+                                             # validation modal J exported by hand (14,000).
     config.train.log_every = 50
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 1000     # each ~12 MB; the learning curve reads them all.
